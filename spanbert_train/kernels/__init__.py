@@ -1,0 +1,1 @@
+"""Fused Triton kernels, each beside a plain-PyTorch reference of the same function."""
