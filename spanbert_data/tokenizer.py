@@ -1,0 +1,278 @@
+"""WordPiece tokenizers: load a `tokenizer.json` or a BERT `vocab.txt`, or train one (SPEC §1).
+
+Everything downstream of this module works on integer ids only. The two per-vocabulary tables it
+builds -- `word_start` (SPEC §2: a token starts a word unless its string begins with `##`) and
+`is_special` -- let the blocker and the masker stay string-free.
+
+Threads: HF `tokenizers` encodes batches on a Rayon thread pool that is created once per process, at
+the first parallel call, with `RAYON_NUM_THREADS` threads (all cores when unset). Call
+`set_tokenizer_threads(n)` before the first `encode_lines` to choose n; later changes have no effect.
+After a fork, `tokenizers` runs single-threaded in the child if the parent already used the pool,
+so worker processes should be spawned, or should be the first to tokenize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from operator import attrgetter
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+# The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+# Lines per internal `encode_batch_fast` call: large enough to keep every Rayon thread busy, small
+# enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
+_ENCODE_CHUNK_LINES = 8192
+
+_get_ids = attrgetter("ids")
+_pool_started = False  # set by the first encode or training; RAYON_NUM_THREADS is read only then
+
+
+class TokenizerError(Exception):
+    """A tokenizer file that cannot be used; the message names the file and what to do."""
+
+
+def set_tokenizer_threads(n: int) -> None:
+    """Use n threads for batch encoding in this process (sets `RAYON_NUM_THREADS`).
+
+    Must run before the first batch encode of the process: Rayon reads the variable once, when it
+    builds its global pool. Raises RuntimeError if this module has already encoded.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"tokenizer threads must be an integer >= 1, got {n!r}")
+    if _pool_started:
+        raise RuntimeError(
+            "set_tokenizer_threads() must be called before the process first encodes or trains a tokenizer"
+        )
+    os.environ["RAYON_NUM_THREADS"] = str(n)
+
+
+class WordPieceTokenizer:
+    """A `tokenizers.Tokenizer` with a WordPiece model, made safe and fast for corpus building.
+
+    Truncation and padding are switched off (files in the wild have them on), and literal special-token
+    text in the corpus (the string "[MASK]") is tokenized as ordinary text, never as a special id, so
+    block content never holds [PAD]/[CLS]/[SEP]/[MASK].
+    """
+
+    def __init__(self, tokenizer: Tokenizer, source: str = "<tokenizer>"):
+        self.source = source
+        if not isinstance(tokenizer.model, models.WordPiece):
+            raise TokenizerError(
+                f"{source}: the tokenizer model is {type(tokenizer.model).__name__}, not WordPiece; "
+                "pass a BERT-style WordPiece tokenizer.json or vocab.txt"
+            )
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        tokenizer.encode_special_tokens = True  # not serialised by tokenizers, so set on every load
+        self._tok = tokenizer
+        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: skips offsets
+
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        self.vocab_size: int = len(vocab)
+        if not vocab or max(vocab.values()) != self.vocab_size - 1:
+            raise TokenizerError(f"{source}: token ids are not 0..{self.vocab_size - 1}; repair the vocabulary")
+        missing = [tok for tok in SPECIAL_TOKENS.values() if tok not in vocab]
+        if missing:
+            raise TokenizerError(
+                f"{source}: missing BERT special token(s) {', '.join(missing)}; add them to the vocabulary"
+            )
+        self.special_ids: dict[str, int] = {name: vocab[tok] for name, tok in SPECIAL_TOKENS.items()}
+
+        # SPEC §2 word starts. The prefix is the model's own (always "##" for BERT vocabularies).
+        prefix = tokenizer.model.continuing_subword_prefix
+        self.word_start = np.ones(self.vocab_size, dtype=bool)
+        self.word_start[[i for tok, i in vocab.items() if tok.startswith(prefix)]] = False
+        self.is_special = np.zeros(self.vocab_size, dtype=bool)
+        self.is_special[list(self.special_ids.values())] = True
+        self.is_special[[i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special]] = True
+        # Ids that must never come out of corpus text: every special except [UNK], which WordPiece
+        # legitimately emits for a word it cannot spell.
+        self._forbidden = self.is_special.copy()
+        self._forbidden[self.special_ids["unk"]] = False
+
+        self.id_dtype = np.dtype(np.uint16 if self.vocab_size <= 65536 else np.int32)
+        self.sha256: str = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def encode_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize lines without special tokens: (flat ids int32, per-line token counts int64).
+
+        Batched on the Rayon pool. The Encoding -> NumPy step streams each encoding's id list into one
+        preallocated array (np.fromiter over a chain): the lists die as soon as they are consumed, which
+        measured faster than building per-line arrays and concatenating (bench/tokenizer_throughput.py).
+        """
+        global _pool_started
+        _pool_started = True
+        if isinstance(lines, str):
+            raise TypeError("encode_lines() takes a list of lines, not one string")
+        flat_parts, len_parts = [], []
+        for i in range(0, len(lines), _ENCODE_CHUNK_LINES):
+            encodings = self._encode(lines[i : i + _ENCODE_CHUNK_LINES], add_special_tokens=False)
+            lens = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+            total = int(lens.sum())
+            flat_parts.append(np.fromiter(itertools.chain.from_iterable(map(_get_ids, encodings)), np.int32, total))
+            len_parts.append(lens)
+        if not flat_parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        flat = flat_parts[0] if len(flat_parts) == 1 else np.concatenate(flat_parts)
+        if self._forbidden[flat].any():  # one gather, ~1% of the encode; guards odd pre-tokenizers
+            bad = self.id_to_token(int(flat[self._forbidden[flat]][0]))
+            raise TokenizerError(
+                f"{self.source}: corpus text was tokenized into the special token {bad}; "
+                "use a tokenizer with a BERT pre-tokenizer"
+            )
+        return flat, np.concatenate(len_parts)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of a sequence of ids (list or NumPy array)."""
+        return self._tok.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary string of id i."""
+        tok = self._tok.id_to_token(int(i))
+        if tok is None:
+            raise IndexError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+        return tok
+
+    def to_json(self) -> str:
+        """The tokenizer as HF `tokenizer.json` text (truncation and padding off); `sha256` hashes it."""
+        return self._tok.to_str()
+
+    def save(self, path) -> None:
+        """Write `to_json()` to path atomically (temp file in the same directory, then os.replace)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_json().encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
+    """BERT's normaliser, pre-tokenizer and decoder (SPEC §1); accents are stripped only when lower-casing."""
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+
+
+def _bert_post_processor(tok: Tokenizer) -> None:
+    """`[CLS] A [SEP]` templates, so the saved file behaves like a BERT tokenizer elsewhere too."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+
+
+def _is_lowercase_vocab(tokens: Iterable[str]) -> bool:
+    """True when no token changes under lower-casing (bracketed markers like [CLS] aside): BERT uncased."""
+    return all(t == t.lower() for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
+
+def _from_vocab_txt(text: str, source: str) -> Tokenizer:
+    """A BERT tokenizer from vocab.txt text: one token per line, id = line number."""
+    tokens = text.split("\n")  # not splitlines(): tokens may be characters like U+2028
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        tok = tok.rstrip("\r")
+        # Only ASCII blanks are refused: they reveal prose passed by mistake, while exotic Unicode
+        # entries do occur in real vocabularies.
+        if tok == "" or " " in tok or "\t" in tok:
+            raise TokenizerError(
+                f"{source}: line {i + 1} is {'empty' if tok == '' else 'not a single token'}, so this is not a "
+                "BERT vocab.txt (one token per line); pass a tokenizer.json or a vocab.txt"
+            )
+        if tok in vocab:
+            raise TokenizerError(f"{source}: token {tok!r} appears twice (lines {vocab[tok] + 1} and {i + 1})")
+        vocab[tok] = i
+    missing = [t for t in SPECIAL_TOKENS.values() if t not in vocab]
+    if missing:
+        raise TokenizerError(f"{source}: missing BERT special token(s) {', '.join(missing)}; add them to the vocab")
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    _bert_pipeline(tok, lowercase=_is_lowercase_vocab(vocab))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
+    _bert_post_processor(tok)
+    return tok
+
+
+def load_tokenizer(path) -> WordPieceTokenizer:
+    """Load a HF `tokenizer.json` or a BERT `vocab.txt`; the kind is detected from the content.
+
+    A vocab.txt is cased unless none of its tokens has an upper-case form (bracketed markers such as
+    [CLS] aside): then it gets BERT-uncased normalisation (lower-case and strip accents).
+    Any unusable file raises TokenizerError naming the file and what to do.
+    """
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise TokenizerError(f"{source}: no such file; pass --tokenizer a tokenizer.json or a vocab.txt")
+    data = p.read_bytes()
+    try:
+        if b"\x00" in data:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{source}: binary file, not a tokenizer; pass a tokenizer.json or a vocab.txt") from None
+    if not text.strip():
+        raise TokenizerError(f"{source}: empty file; pass a tokenizer.json or a vocab.txt")
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{source}: invalid JSON ({e}); pass a valid tokenizer.json") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+            raise TokenizerError(f"{source}: JSON without a tokenizer 'model'; pass a HF tokenizer.json")
+        if spec["model"].get("type") != "WordPiece":
+            raise TokenizerError(
+                f"{source}: tokenizer model is {spec['model'].get('type')!r}, not WordPiece; "
+                "pass a BERT-style WordPiece tokenizer"
+            )
+        try:
+            tok = Tokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a bare Exception with the serde message
+            raise TokenizerError(f"{source}: not a loadable tokenizer.json ({e})") from None
+    else:
+        tok = _from_vocab_txt(text, source)
+    return WordPieceTokenizer(tok, source)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> WordPieceTokenizer:
+    """Train a cased BERT WordPiece vocabulary on texts (SPEC §1, used when no --tokenizer is given).
+
+    BERT normaliser without lower-casing (accents kept), BERT pre-tokenizer, `##` continuation prefix,
+    the five specials at ids 0..4. A small corpus may yield fewer than vocab_size entries.
+    """
+    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+    global _pool_started
+    _pool_started = True  # training runs on the same Rayon pool
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
+    _bert_pipeline(tok, lowercase=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    _bert_post_processor(tok)
+    return WordPieceTokenizer(tok, "<trained WordPiece>")
