@@ -1,0 +1,297 @@
+"""`spanbert-data build`: the whole data pipeline, resumable and byte-identical for any --workers.
+
+    corpus ─▶ units ─▶ [pass 1, store.py] token store + unigram counts
+           ─▶ held-out documents ─▶ [pass 2, rows.py] masked, packed training rows ─▶ manifest.json (last)
+
+Every step records its completion in a marker file written after its data, so a re-run redoes only
+what is missing, and a finished build re-run is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from spanbert_data import __version__
+from spanbert_data.config import BuildConfig
+from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
+from spanbert_data.masking import replacement_cdf
+from spanbert_data.progress import Progress
+from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
+from spanbert_data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, atomic_write_json, sha256_file
+from spanbert_data.store import Unit, build_unit, plan_units, unit_is_complete
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads, train_wordpiece
+
+BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class BuildError(Exception):
+    """A user-facing build failure: one line naming the file and what to do."""
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dict:
+    """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input."""
+    cfg.validate()
+    started = time.perf_counter()
+    out, root = Path(cfg.out), Path(cfg.corpus)
+    previous = _claim_out_dir(out)
+    listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
+    files = list_corpus_files(root, listing, warn=log)  # raises CorpusError when nothing is left
+    units = plan_units(files, root, cfg.unit_bytes)
+    plan = {"format": FORMAT_NAME, "options": cfg.options(), "units": [[list(u.files), u.bytes] for u in units]}
+    if previous is not None and (previous.get("options"), previous.get("units")) != (plan["options"], plan["units"]):
+        raise BuildError(
+            f"{out / BUILD_FILE}: this directory holds a build with other options or another corpus; "
+            "use a new --out (or delete the directory to start over)"
+        )
+    manifest_path = out / MANIFEST
+    if previous is not None and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        log(f"{out}: build already complete ({manifest['blocks']} blocks); nothing to do")
+        return manifest
+    tokenizer = _ensure_tokenizer(cfg, out, files, root, log)
+    plan["tokenizer_sha256"] = tokenizer.sha256
+    if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
+        raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
+    atomic_write_json(out / BUILD_FILE, plan)
+
+    markers = _pass1(cfg, out, root, units, log)
+    corpus = listing
+    for m in markers:
+        corpus.merge(CorpusStats.from_dict(m["corpus"]))
+    if corpus.documents == 0:
+        raise CorpusError(f"no readable text under {root}: {_skips(corpus)}; nothing to build")
+    parts = [p for m in markers for p in m["parts"]]
+    store = TokenStore(out, parts)
+    is_valid = _held_out_blocks(store, markers, cfg)
+    split_blocks = {
+        "train": np.flatnonzero(~is_valid).astype(np.int64),
+        "valid": np.flatnonzero(is_valid).astype(np.int64),
+    }
+    unigram = np.sum([np.asarray(m["unigram"], dtype=np.int64) for m in markers], axis=0)
+    ctx = RowContext(
+        out=out, parts=parts, split_blocks=split_blocks, word_start=tokenizer.word_start,
+        cdf=replacement_cdf(unigram, tokenizer.is_special, cfg.masking.replacement),
+        special_ids=tokenizer.special_ids, id_dtype=tokenizer.id_dtype, masking=cfg.masking,
+        seed=cfg.seed, max_seq_len=cfg.max_seq_len,
+    )  # fmt: skip
+    shards = _pass2(cfg, ctx, log)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"spanbert {__version__}",
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "sha256": sha256_file(out / TOKENIZER_FILE),
+            "vocab_size": tokenizer.vocab_size,
+            "special_ids": tokenizer.special_ids,
+        },
+        "options": cfg.options(),
+        "max_seq_len": cfg.max_seq_len,
+        "mask_epochs": cfg.mask_epochs,
+        "id_dtype": np.dtype(tokenizer.id_dtype).name,
+        "corpus": {"files": len(files), "units": len(units), **corpus.to_dict()},
+        "blocks": store.n_blocks,
+        "tokens": int(unigram.sum()),
+        "valid_blocks": int(is_valid.sum()),
+        "unigram_counts": unigram.tolist(),
+        "store": [{k: p[k] for k in ("path", "blocks", "tokens", "bytes", "sha256")} for p in parts],
+        "shards": {
+            split: [{k: v for k, v in s.items() if k != "split"} for s in shards if s["split"] == split]
+            for split in ("train", "valid")
+        },
+    }
+    atomic_write_json(manifest_path, manifest)
+    _summary(manifest, time.perf_counter() - started, log)
+    return manifest
+
+
+def _claim_out_dir(out: Path) -> dict | None:
+    """Create `out`, or accept it if it holds our earlier build; refuse a directory holding anything else."""
+    build_file = out / BUILD_FILE
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out}: exists and is not a directory; choose another --out")
+    if build_file.is_file():
+        try:
+            previous = json.loads(build_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("format") != FORMAT_NAME:
+            raise BuildError(f"{build_file}: not a spanbert build file; choose another --out")
+        return previous
+    if out.is_dir() and any(out.iterdir()):
+        raise BuildError(f"{out}: directory is not empty and holds no spanbert build; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path, log) -> WordPieceTokenizer:
+    """Copy the given tokenizer into `out`, reuse the one an interrupted run saved, or train one (SPEC §1)."""
+    target = out / TOKENIZER_FILE
+    if cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif target.is_file():
+        return load_tokenizer(target)
+    else:
+        log(f"training a cased WordPiece vocabulary of {cfg.vocab_size} on {root} ...")
+        base = root if root.is_dir() else root.parent
+        stats = CorpusStats()
+
+        def lines():
+            for path in files:
+                for doc in read_documents(path, base, stats, warn=lambda _msg: None):
+                    yield from doc.lines
+
+        tokenizer = train_wordpiece(lines(), vocab_size=cfg.vocab_size)
+    if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
+        raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
+    tokenizer.save(target)
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------- workers
+_WORKER_TOKENIZER: WordPieceTokenizer | None = None
+
+
+def _init_worker(threads: int) -> None:
+    set_tokenizer_threads(threads)
+
+
+def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int) -> dict:
+    global _WORKER_TOKENIZER
+    if _WORKER_TOKENIZER is None:
+        _WORKER_TOKENIZER = load_tokenizer(out / TOKENIZER_FILE)
+    return build_unit(out, root, unit, _WORKER_TOKENIZER, max_content)
+
+
+def _run(tasks: list[tuple], fn, workers: int, on_done) -> None:
+    """Run fn(*args) for every task, in-process for one worker, else in a spawn pool; on_done(args, result)."""
+    if workers == 1 or len(tasks) <= 1:
+        for args in tasks:
+            on_done(args, fn(*args))
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = get_context("spawn")  # fork after tokenizers' threads started can deadlock
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, *args): args for args in tasks}
+        for fut in futures:  # in submission order: deterministic logs; the bytes never depend on order
+            on_done(futures[fut], fut.result())
+
+
+def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], log) -> list[dict]:
+    markers: dict[int, dict] = {}
+    todo = []
+    for unit in units:
+        marker = _read_json(out / unit.marker)
+        if unit_is_complete(out, unit, marker):
+            markers[unit.index] = marker
+        else:
+            todo.append((out, root, unit, cfg.max_content))
+    if markers:
+        log(f"pass 1: {len(markers)} of {len(units)} units already done, resuming")
+    progress = Progress("pass 1 (tokenize)", total=sum(t[2].bytes for t in todo), unit="B", log=log)
+
+    def done(args, marker):
+        markers[args[2].index] = marker
+        for w in marker["warnings"]:
+            log(f"warning: {w}")
+        progress.update(args[2].bytes, tokens=marker["tokens"])
+
+    _run(todo, _pass1_task, cfg.workers, done)
+    progress.close()
+    return [markers[u.index] for u in units]
+
+
+def _pass2(cfg: BuildConfig, ctx: RowContext, log) -> list[dict]:
+    plans = plan_shards(len(ctx.split_blocks["train"]), len(ctx.split_blocks["valid"]), cfg.mask_epochs,
+                        cfg.rows_per_shard)  # fmt: skip
+    results: dict[str, dict] = {}
+    todo = []
+    for plan in plans:
+        marker = _read_json(ctx.out / plan.marker)
+        path = ctx.out / plan.path
+        if marker and path.is_file() and path.stat().st_size == marker.get("bytes"):
+            results[plan.path] = marker
+        else:
+            todo.append((ctx, plan))
+    progress = Progress("pass 2 (mask+pack)", total=sum(p.hi - p.lo for _, p in todo), unit="blocks", log=log)
+
+    def done(args, marker):
+        results[args[1].path] = marker
+        progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
+
+    _run(todo, build_shard, cfg.workers, done)
+    progress.close()
+    return [results[p.path] for p in plans]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- held-out
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic is the point: overflow is not an error)."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -> np.ndarray:
+    """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
+    unit_of_part = np.array([m["unit"] for m in markers for _ in m["parts"]], dtype=np.uint64)
+    docs = [d.astype(np.uint64) for d in store.docs]
+    units = [np.full(len(d), u, dtype=np.uint64) for d, u in zip(docs, unit_of_part)]
+    doc = np.concatenate(docs) if docs else np.zeros(0, np.uint64)
+    unit = np.concatenate(units) if units else np.zeros(0, np.uint64)
+    h = _mix64(_mix64(_mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED)) ^ unit) ^ doc)
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    valid = u < cfg.valid_fraction
+    n_docs = sum(m["documents"] for m in markers)
+    if cfg.valid_fraction > 0 and not valid.any() and n_docs >= 2 and len(u):
+        valid = u == u.min()  # a small corpus still gets one held-out document
+    return valid
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def _skips(corpus: CorpusStats) -> str:
+    if not corpus.skipped:
+        return "nothing skipped"
+    return ", ".join(f"{k}: {v}" for k, v in sorted(corpus.skipped.items()))
+
+
+def _summary(manifest: dict, seconds: float, log) -> None:
+    c = manifest["corpus"]
+    train = [s for s in manifest["shards"]["train"] if s["epoch"] == 0]
+    rows = sum(s["rows"] for s in train)
+    slots = rows * manifest["max_seq_len"]
+    tokens = sum(s["tokens"] for s in train)
+    log(
+        f"built in {seconds:.1f}s: {c['files']} files, {c['documents']} documents, {c['lines']} lines, "
+        f"{c['bytes'] / 1e6:.1f} MB ({c['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); skipped: "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(c['skipped'].items())) or 'nothing'}; "
+        f"replaced characters: {c['replaced_chars']}"
+    )
+    log(
+        f"{manifest['blocks']} blocks ({manifest['valid_blocks']} held out), {manifest['tokens']} content tokens; "
+        f"{manifest['mask_epochs']} mask epoch(s) x {rows} rows of {manifest['max_seq_len']} slots, padding {100 * (1 - tokens / max(slots, 1)):.2f}%"
+    )

@@ -1,0 +1,165 @@
+"""`spanbert-data inspect`: what a dataset holds, measured from its rows (not from the build's claims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spanbert_data.packing import record_batch_columns
+from spanbert_data.shards import load_manifest, read_arrow_file, resolve_inside
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+
+KIND_NAMES = ("mask", "random", "keep")
+
+
+def _spans(pos_off: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merged spans = maximal runs of consecutive target slots within a row: (start index, length) into `pos`."""
+    if len(pos) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    row_start = np.zeros(len(pos), dtype=bool)
+    row_start[pos_off[:-1][np.diff(pos_off) > 0]] = True
+    breaks = np.ones(len(pos), dtype=bool)
+    breaks[1:] = (np.diff(pos.astype(np.int64)) != 1) | row_start[1:]
+    starts = np.flatnonzero(breaks)
+    return starts, np.diff(np.append(starts, len(pos)))
+
+
+def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_000) -> dict:
+    """Counts over the whole manifest, distributions measured on up to `max_rows` rows of `split`."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    tok = load_tokenizer(root / manifest["tokenizer"]["file"])
+    shards = manifest["shards"][split]
+    out = {
+        "split": split,
+        "shards": len(shards),
+        "rows": sum(s["rows"] for s in shards),
+        "examples": sum(s["examples"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "mlm_targets": sum(s["mlm_targets"] for s in shards),
+        "sbo_targets": sum(s["sbo_targets"] for s in shards),
+        "mask_epochs": manifest["mask_epochs"],
+        "blocks": manifest["blocks"],
+        "corpus": manifest["corpus"],
+    }
+    slots = out["rows"] * manifest["max_seq_len"]
+    out["padding_fraction"] = 1 - out["tokens"] / slots if slots else 0.0
+    content = out["tokens"] - 2 * out["examples"]
+    out["masked_fraction"] = out["mlm_targets"] / content if content else 0.0
+    out["sbo_targets_per_mlm_target"] = out["sbo_targets"] / out["mlm_targets"] if out["mlm_targets"] else 0.0
+
+    ex_lengths, span_tokens, span_words, kinds, seen = [], [], [], [], 0
+    for shard in shards:
+        if seen >= max_rows:
+            break
+        cols = record_batch_columns(read_arrow_file(resolve_inside(root, shard["path"])))
+        ids = cols["input_ids"]
+        ex_lengths.append(cols["example_lengths"][1])
+        pos_off, pos = cols["mlm_positions"]
+        labels = cols["mlm_labels"][1].astype(np.int64)
+        starts, lengths = _spans(pos_off, pos)
+        span_tokens.append(lengths)
+        is_start = tok.word_start[labels]
+        words = np.add.reduceat(is_start.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+        words += ~is_start[starts]  # a span beginning inside a word still covers (part of) that word
+        span_words.append(words)
+        row_of = np.repeat(np.arange(len(ids)), np.diff(pos_off))
+        shown = ids[row_of, pos].astype(np.int64)
+        kinds.append(_span_kinds(shown, labels, starts, tok.special_ids["mask"]))
+        seen += len(ids)
+    lens = np.concatenate(ex_lengths) if ex_lengths else np.zeros(0, np.int64)
+    st = np.concatenate(span_tokens) if span_tokens else np.zeros(0, np.int64)
+    sw = np.concatenate(span_words) if span_words else np.zeros(0, np.int64)
+    kd = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
+    out["measured_rows"] = int(seen)
+    out["example_length_hist"] = _hist(lens, [0, 64, 128, 256, 384, 448, 500, 511, 512, 1 << 16])
+    out["span_length_hist"] = {"tokens": _counts(st, 20), "words": _counts(sw, 12)}
+    out["mean_span_tokens"] = float(st.mean()) if len(st) else 0.0
+    out["replacement_split"] = {name: float((kd == i).mean()) if len(kd) else 0.0 for i, name in enumerate(KIND_NAMES)}
+    return out
+
+
+def _span_kinds(shown: np.ndarray, labels: np.ndarray, starts: np.ndarray, mask_id: int) -> np.ndarray:
+    """0 = all [MASK], 2 = all unchanged, 1 = otherwise (random; a random draw equal to the original reads as keep)."""
+    if len(starts) == 0:
+        return np.zeros(0, np.int64)
+    n = np.diff(np.append(starts, len(shown)))
+    masked = np.add.reduceat((shown == mask_id).astype(np.int64), starts)
+    same = np.add.reduceat((shown == labels).astype(np.int64), starts)
+    return np.where(masked == n, 0, np.where(same == n, 2, 1))
+
+
+def _counts(values: np.ndarray, cap: int) -> dict:
+    """Histogram of small integers; the last bucket is '>=cap'."""
+    c = np.bincount(np.minimum(values, cap), minlength=cap + 1)
+    return {(str(i) if i < cap else f">={cap}"): int(c[i]) for i in range(1, cap + 1) if c[i]}
+
+
+def _hist(values: np.ndarray, edges: list[int]) -> dict:
+    c, _ = np.histogram(values, bins=edges)
+    return {f"{lo}-{hi - 1}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], c) if n}
+
+
+def detokenize(tok: WordPieceTokenizer, ids) -> str:
+    out = []
+    for i in ids:
+        t = tok.id_to_token(int(i))
+        if t.startswith("##") and out:
+            out[-1] += t[2:]
+        else:
+            out.append(t)
+    return " ".join(out)
+
+
+def show_examples(root: str | Path, n: int = 3) -> str:
+    """The first `n` examples of the first training shard, original text with masked spans marked.
+
+    «span»  = replaced by [MASK];  «span|random: shown»  = random tokens;  «span|kept» = left unchanged."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    tok = load_tokenizer(root / manifest["tokenizer"]["file"])
+    shards = manifest["shards"]["train"]
+    if not shards:
+        return "(no training rows)"
+    cols = record_batch_columns(read_arrow_file(resolve_inside(root, shards[0]["path"])))
+    ids = cols["input_ids"]
+    lines = []
+    for r in range(len(ids)):
+        lo, hi = cols["mlm_positions"][0][r], cols["mlm_positions"][0][r + 1]
+        pos, labels = cols["mlm_positions"][1][lo:hi], cols["mlm_labels"][1][lo:hi]
+        original = ids[r].astype(np.int64)
+        original[pos] = labels
+        masked_at = dict(zip(pos.tolist(), range(len(pos))))
+        e_off, e_len = cols["example_lengths"]
+        slot = 0
+        for length in e_len[e_off[r] : e_off[r + 1]]:
+            lines.append(f"--- row {r}, example of {length} slots")
+            lines.append(_render(tok, original, ids[r], slot + 1, slot + length - 1, masked_at, tok.special_ids["mask"]))
+            slot += int(length)
+            if len(lines) >= 2 * n:
+                return "\n".join(lines)
+    return "\n".join(lines)
+
+
+def _render(tok, original, shown, lo, hi, masked_at, mask_id) -> str:
+    pieces, s = [], lo
+    while s < hi:
+        if s not in masked_at:
+            e = s
+            while e < hi and e not in masked_at:
+                e += 1
+            pieces.append(detokenize(tok, original[s:e]))
+        else:
+            e = s
+            while e < hi and e in masked_at:
+                e += 1
+            text = detokenize(tok, original[s:e])
+            if (shown[s:e] == mask_id).all():
+                pieces.append(f"«{text}»")
+            elif (shown[s:e] == original[s:e]).all():
+                pieces.append(f"«{text}|kept»")
+            else:
+                pieces.append(f"«{text}|random: {detokenize(tok, shown[s:e])}»")
+        s = e
+    return " ".join(p for p in pieces if p)

@@ -1,0 +1,159 @@
+"""Files on disk: atomic writes, Arrow IPC files, hashes and the dataset manifest (docs/FORMAT.md).
+
+Everything the builder writes goes through `atomic_path`: the bytes land in a temporary file in the
+target's directory and are renamed into place only once complete, so a reader (or a re-run after a
+crash) never sees a partial file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+FORMAT_NAME = "spanbert-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class DatasetError(Exception):
+    """A dataset directory or one of its files is missing, corrupt or of another format (user-facing, one line)."""
+
+
+class DiskWriteError(DatasetError):
+    """Writing failed (disk full, file size limit, permissions): nothing partial was left behind."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, else remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DiskWriteError(f"could not write {path}: {e.strerror or e} (disk full or file size limit?)") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_arrow_file(path: str | os.PathLike, batch: pa.RecordBatch) -> dict:
+    """Write one record batch as an Arrow IPC *file* atomically; return {"bytes", "sha256"} of what was written."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+    return {"bytes": size, "sha256": digest}
+
+
+def read_arrow_file(path: str | os.PathLike) -> pa.RecordBatch:
+    """Memory-map an Arrow IPC file written by `write_arrow_file` and return its single record batch (zero-copy)."""
+    path = Path(path)
+    try:
+        source = pa.memory_map(str(path), "r")
+        reader = pa.ipc.open_file(source)
+        if reader.num_record_batches != 1:
+            raise DatasetError(f"{path}: expected 1 record batch, found {reader.num_record_batches}")
+        return reader.get_batch(0)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file is missing; rebuild the dataset or restore the file") from None
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        raise DatasetError(f"{path}: not a readable Arrow file ({e}); run `spanbert-data verify` and rebuild") from None
+
+
+def resolve_inside(root: str | os.PathLike, rel: str) -> Path:
+    """Join a manifest path to the dataset root, refusing absolute paths and paths that leave the root."""
+    root = Path(root).resolve()
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
+        raise DatasetError(f"{root / MANIFEST}: invalid shard path {rel!r} (must be relative, inside the dataset)")
+    full = (root / rel).resolve()
+    if full != root and root not in full.parents:
+        raise DatasetError(f"{root / MANIFEST}: shard path {rel!r} leaves the dataset directory; refusing it")
+    return full
+
+
+def load_manifest(root: str | os.PathLike) -> dict:
+    """Read and validate `manifest.json` of a dataset directory (format, version, paths)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing — the build is incomplete; re-run `spanbert-data build` to finish it")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e}); rebuild the dataset") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path}: not a spanbert dataset manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {version!r} is not supported (this spanbert reads version {FORMAT_VERSION}); "
+            "rebuild the dataset with this version"
+        )
+    for entry in manifest_files(manifest):
+        resolve_inside(root, entry["path"])
+    return manifest
+
+
+def manifest_files(manifest: dict) -> list[dict]:
+    """Every file entry (store parts and shards) that the manifest vouches for, with path, bytes and sha256."""
+    entries = list(manifest.get("store", []))
+    for split in ("train", "valid"):
+        entries.extend(manifest.get("shards", {}).get(split, []))
+    return entries
+
+
+def verify_dataset(root: str | os.PathLike) -> list[str]:
+    """Re-hash every file the manifest lists; return one problem line per bad file (empty when all are good)."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems = []
+    tok = manifest["tokenizer"]
+    checks = [*manifest_files(manifest), {"path": tok["file"], "sha256": tok["sha256"], "bytes": None}]
+    for entry in checks:
+        path = resolve_inside(root, entry["path"])
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        size = path.stat().st_size
+        if entry.get("bytes") is not None and size != entry["bytes"]:
+            problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
+            continue
+        if sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: content hash differs from the manifest (corrupt)")
+    return problems

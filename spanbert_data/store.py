@@ -1,0 +1,165 @@
+"""Pass 1 of the build: corpus files → token ids → blocks → the token store (docs/FORMAT.md).
+
+The unit of work is a *unit*: consecutive corpus files (sorted order) of about `unit_bytes`. A unit is
+read, tokenized in large batches of lines and cut into blocks (SPEC §1) with no Python loop over
+tokens, then written as one or more store parts plus a completion marker. Units are independent, so
+any number of worker processes writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from spanbert_data.blocks import make_blocks
+from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.shards import atomic_write_json, sha256_file, write_arrow_file
+from spanbert_data.tokenizer import WordPieceTokenizer
+
+LINES_PER_BATCH = 32768  # lines sent to the tokenizer at once: large batches keep its threads busy
+TOKENS_PER_PART = 1 << 28  # a store part's token count stays far below Arrow's int32 list-offset limit
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    files: tuple[str, ...]  # paths relative to the corpus root
+    bytes: int
+
+    @property
+    def marker(self) -> str:
+        return f"store/unit-{self.index:05d}.json"
+
+    def part(self, k: int) -> str:
+        return f"store/part-{self.index:05d}-{k:03d}.arrow"
+
+
+def plan_units(files: list[Path], root: Path, unit_bytes: int) -> list[Unit]:
+    """Group the sorted corpus files into units of about `unit_bytes` (a larger file is a unit alone)."""
+    units: list[Unit] = []
+    group: list[str] = []
+    size = 0
+    for path in files:
+        n = path.stat().st_size
+        if group and size + n > unit_bytes:
+            units.append(Unit(len(units), tuple(group), size))
+            group, size = [], 0
+        group.append(relative_name(path, root))
+        size += n
+    if group:
+        units.append(Unit(len(units), tuple(group), size))
+    return units
+
+
+def relative_name(path: Path, root: Path) -> str:
+    if root.is_file():
+        return root.name
+    return path.relative_to(root).as_posix()
+
+
+def store_schema(id_type: pa.DataType) -> pa.Schema:
+    return pa.schema([("tokens", pa.list_(id_type)), ("doc", pa.int32())])
+
+
+class _PartWriter:
+    """Accumulates blocks of a unit and writes them as store parts of at most TOKENS_PER_PART tokens."""
+
+    def __init__(self, out: Path, unit: Unit, tokenizer: WordPieceTokenizer):
+        self.out, self.unit, self.tok = out, unit, tokenizer
+        self.id_type = pa.from_numpy_dtype(tokenizer.id_dtype)
+        self.tokens: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.docs: list[np.ndarray] = []
+        self.pending = 0
+        self.parts: list[dict] = []
+        self.unigram = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+
+    def add(self, ids: np.ndarray, block_offsets: np.ndarray, block_docs: np.ndarray) -> None:
+        ids = ids[block_offsets[0] : block_offsets[-1]].astype(self.tok.id_dtype, copy=False)
+        self.tokens.append(ids)
+        self.lengths.append(np.diff(block_offsets))
+        self.docs.append(block_docs.astype(np.int32))
+        self.unigram += np.bincount(ids, minlength=self.tok.vocab_size)
+        self.pending += len(ids)
+        if self.pending >= TOKENS_PER_PART:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lengths and self.parts:
+            return
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(self.tokens) if self.tokens else np.zeros(0, self.tok.id_dtype)
+        docs = np.concatenate(self.docs) if self.docs else np.zeros(0, np.int32)
+        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=self.id_type))
+        batch = pa.record_batch([tokens, pa.array(docs)], schema=store_schema(self.id_type))
+        path = self.unit.part(len(self.parts))
+        info = write_arrow_file(self.out / path, batch)
+        self.parts.append({"path": path, "blocks": len(lengths), "tokens": int(len(values)), **info})
+        self.tokens, self.lengths, self.docs, self.pending = [], [], [], 0
+
+
+def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer, max_content: int) -> dict:
+    """Pass 1 for one unit: read, tokenize, block, write its parts, then its marker (last). Returns the marker."""
+    started = time.perf_counter()
+    stats = CorpusStats()
+    warnings: list[str] = []
+    writer = _PartWriter(out, unit, tokenizer)
+    lines: list[str] = []
+    line_docs: list[int] = []
+    doc_number = 0
+
+    def encode_pending() -> None:
+        if not lines:
+            return
+        ids, lengths = tokenizer.encode_lines(lines)
+        word_start = tokenizer.word_start[ids]
+        offsets, docs = make_blocks(lengths, np.asarray(line_docs, dtype=np.int64), word_start, max_content)
+        writer.add(ids, offsets, docs)
+        lines.clear()
+        line_docs.clear()
+
+    base = root if root.is_dir() else root.parent
+    for name in unit.files:
+        for doc in read_documents(base / name, base, stats, warn=warnings.append):
+            lines.extend(doc.lines)
+            line_docs.extend([doc_number] * len(doc.lines))
+            doc_number += 1
+            if len(lines) >= LINES_PER_BATCH:  # only between documents: a block never spans two batches
+                encode_pending()
+    encode_pending()
+    writer.flush()
+    marker = {
+        "unit": unit.index,
+        "sources": list(unit.files),
+        "parts": writer.parts,
+        "documents": doc_number,
+        "blocks": sum(p["blocks"] for p in writer.parts),
+        "tokens": sum(p["tokens"] for p in writer.parts),
+        "corpus": stats.to_dict(),
+        "warnings": warnings[:100],
+        "seconds": round(time.perf_counter() - started, 3),
+        "unigram": writer.unigram.tolist(),
+    }
+    atomic_write_json(out / unit.marker, marker)
+    return marker
+
+
+def unit_is_complete(out: Path, unit: Unit, marker: dict | None) -> bool:
+    """A unit is done when its marker exists, names the same sources and every part matches its recorded hash."""
+    if marker is None or marker.get("sources") != list(unit.files):
+        return False
+    for part in marker.get("parts", []):
+        path = out / part["path"]
+        if not path.is_file() or path.stat().st_size != part["bytes"]:
+            return False
+    return True
+
+
+def verify_part_hashes(out: Path, marker: dict) -> bool:
+    return all(sha256_file(out / p["path"]) == p["sha256"] for p in marker["parts"])
