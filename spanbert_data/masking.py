@@ -375,7 +375,7 @@ def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, e
         raise ValueError("word_start must be a 1-D bool array over the vocab (see word_start_table)")
     if cdf.shape != (vocab,) or cdf.dtype != np.float64:
         raise ValueError(f"cdf must be float64[{vocab}] (see replacement_cdf), got {cdf.dtype} shape {cdf.shape}")
-    if cdf[-1] != 1.0 or cdf[0] < 0.0 or np.any(np.diff(cdf) < 0):
+    if cdf[-1] != 1.0 or not cdf[0] >= 0.0 or not np.all(np.diff(cdf) >= 0):  # `not >=` also rejects NaN
         raise ValueError("cdf must be non-decreasing from >= 0 to exactly 1.0 (build it with replacement_cdf)")
     if not 0 <= mask_id < vocab:
         raise ValueError(f"mask_id {mask_id} is outside the vocab of {vocab} tokens")
@@ -383,7 +383,7 @@ def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, e
         raise ValueError("cdf gives [MASK] a positive probability: pass is_special to replacement_cdf")
     if tokens.size and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
         raise ValueError(f"tokens hold ids outside the vocab of {vocab} tokens (wrong word_start table?)")
-    if not 0 <= seed < 2**64 or not 0 <= epoch < 2**64:
+    if not all(isinstance(v, int | np.integer) and 0 <= v < 2**64 for v in (seed, epoch)):
         raise ValueError(f"seed and epoch must be integers in [0, 2**64), got {seed} and {epoch}")
 
 

@@ -1,0 +1,171 @@
+"""`spanbert-train`: train with no subcommand; tools are subcommands (`spanbert-train plot RUN`).
+
+Every launch is the same entry: `spanbert-train …`, `python -m spanbert_train …`,
+`torchrun --nproc-per-node N --no-python spanbert-train …` and `torchrun -m spanbert_train …`.
+This module only parses options into a TrainConfig (defaults ← --config file ← options given)
+and calls spanbert_train.train.train. User errors print one line on stderr and exit with status 2.
+
+More subcommands are added without touching the group: put "NAME": "module:click_command" in
+SUBCOMMANDS, or call `register_subcommand(NAME, "module:attr")` — they are imported lazily, only
+when invoked, so `spanbert-train --help` stays fast and modules never import each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from spanbert_train.config import (
+    KERNEL_CHOICES,
+    MODEL_PRESETS,
+    VERIFY_CHOICES,
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    field_docs,
+    from_dict,
+    load_config_file,
+    parse_override,
+)
+
+SUBCOMMANDS: dict[str, str] = {
+    "plot": "spanbert_train.metrics:plot_command",
+}
+
+
+def register_subcommand(name: str, target: str) -> None:
+    """Make `spanbert-train NAME` run the click command at `target` ("package.module:attribute")."""
+    SUBCOMMANDS[name] = target
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when used (see SUBCOMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in SUBCOMMANDS:
+            module, attr = SUBCOMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+_DOCS = {
+    **{k: v for k, v in field_docs(TrainConfig).items()},
+    **{f"data.{k}": v for k, v in field_docs(DataConfig).items()},
+    **{f"optim.{k}": v for k, v in field_docs(OptimConfig).items()},
+}
+
+# option name (as click passes it) -> dotted config field
+OPTION_FIELDS = {
+    "data": "data.path", "out": "out", "model": "model.preset", "max_steps": "max_steps",
+    "global_batch_size": "data.global_batch_size", "micro_batch": "data.micro_batch", "seed": "seed",
+    "lr": "optim.lr", "warmup_steps": "optim.warmup_steps", "weight_decay": "optim.weight_decay",
+    "clip_grad_norm": "optim.clip_grad_norm", "eval_every": "eval_every", "eval_batches": "eval_batches",
+    "save_every": "save_every", "keep_last": "keep_last", "resume": "resume", "kernels": "kernels",
+    "log_every": "log_every", "tensorboard": "tensorboard", "max_nonfinite": "max_nonfinite",
+    "verify_shards": "data.verify", "prefetch": "data.prefetch",
+}  # fmt: skip
+
+
+def _opt(*decls, field: str, **kwargs):
+    """A train option whose help is the config field's one-line doc; default None = "not given"."""
+    return click.option(*decls, default=None, show_default=False, help=_DOCS[field], **kwargs)
+
+
+def resolve_config(options: dict, config_file: str | None, model_set: tuple[str, ...]) -> TrainConfig:
+    """Defaults, then the config file, then the options actually given (those not None)."""
+    cfg = from_dict(load_config_file(config_file)) if config_file else TrainConfig()
+    given: dict = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        *parents, leaf = OPTION_FIELDS[name].split(".")
+        node = given
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    if model_set:
+        given.setdefault("model", {}).update(dict(parse_override(item) for item in model_set))
+    return from_dict(given, base=cfg).validate()
+
+
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_opt("--data", field="data.path", metavar="DIR")
+@_opt("--out", field="out", metavar="RUN_DIR")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="TOML file of options (tables [data], [optim], [model]); YAML with PyYAML installed.")  # fmt: skip
+@click.option("--model", default=None, type=click.Choice(MODEL_PRESETS), help="Model size preset (SPEC §5). [base]")
+@click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE",
+              help="Override one ModelConfig field, e.g. --model-set num_layers=2 (repeatable).")  # fmt: skip
+@_opt("--max-steps", field="max_steps", type=int)
+@_opt("--global-batch-size", field="data.global_batch_size", type=int)
+@_opt("--micro-batch", field="data.micro_batch", type=int)
+@_opt("--seed", field="seed", type=int)
+@_opt("--lr", field="optim.lr", type=float)
+@_opt("--warmup-steps", field="optim.warmup_steps", type=int)
+@_opt("--weight-decay", field="optim.weight_decay", type=float)
+@_opt("--clip-grad-norm", field="optim.clip_grad_norm", type=float)
+@_opt("--eval-every", field="eval_every", type=int)
+@_opt("--eval-batches", field="eval_batches", type=int)
+@_opt("--save-every", field="save_every", type=int)
+@_opt("--keep-last", field="keep_last", type=int)
+@_opt("--resume/--no-resume", field="resume")
+@_opt("--kernels", field="kernels", type=click.Choice(KERNEL_CHOICES))
+@_opt("--log-every", field="log_every", type=int)
+@_opt("--tensorboard/--no-tensorboard", field="tensorboard")
+@_opt("--max-nonfinite", field="max_nonfinite", type=int)
+@_opt("--verify-shards", field="data.verify", type=click.Choice(VERIFY_CHOICES))
+@_opt("--prefetch", field="data.prefetch", type=int)
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit.")
+@click.pass_context
+def cli(ctx: click.Context, config_file, model_set, print_config, **options) -> None:
+    """Pre-train SpanBERT on a dataset built by `spanbert-data build` (run without a subcommand to train)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = resolve_config(options, config_file, model_set)
+    if print_config:
+        click.echo(cfg.to_json())
+        return
+    from spanbert_train.train import train  # torch is imported only when training
+
+    train(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning user errors into one line on stderr and exit status 2."""
+    from spanbert_data.shards import DatasetError
+
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, DatasetError)
+    try:
+        from spanbert_train.checkpoint import CheckpointError
+
+        user_errors += (CheckpointError,)
+    except ImportError:  # torch missing: the plot subcommand still works
+        pass
+    try:
+        code = cli.main(args=argv, prog_name="spanbert-train", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except user_errors as e:
+        click.echo(f"spanbert-train: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("spanbert-train: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        from spanbert_train.train import TrainingError
+
+        if isinstance(e, TrainingError):
+            click.echo(f"spanbert-train: error: {e}", err=True)
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,266 @@
+"""The trainer's options: one dataclass per concern, defaults reproducing SPEC.md §4–§5.
+
+A run's configuration is resolved in three layers — the dataclass defaults, then a `--config`
+file (TOML; YAML when PyYAML is installed), then the command-line options actually given — and
+validated once. Every error names the dotted field (`optim.lr must be > 0`), so the CLI can
+print it as one line. The resolved configuration is printed at start, saved as
+RUN_DIR/config.json and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KERNEL_CHOICES = ("auto", "triton", "reference")
+MODEL_PRESETS = ("tiny", "small", "base", "large")
+VERIFY_CHOICES = ("size", "sha256")
+
+
+class ConfigError(ValueError):
+    """A user-supplied option or config file is invalid (printed as one line, exit status 2)."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """The dataset directory written by `spanbert-data build` (holds manifest.json)."""
+    global_batch_size: int = 256
+    """Rows per optimizer step, over all ranks and accumulation steps (SPEC §5: ≈ 256 full-length rows)."""
+    micro_batch: int = 8
+    """Rows per forward/backward on one rank; global_batch_size / (ranks × micro_batch) accumulation steps."""
+    prefetch: int = 2
+    """Optimizer steps of batches prepared ahead by the loader's background thread."""
+    verify: str = "size"
+    """Shard checks at start: 'size' (size, schema, row count) or 'sha256' (also re-hash every shard)."""
+
+
+@dataclass
+class ModelSpec:
+    preset: str = "base"
+    """Model size preset: tiny, small, base or large (SPEC §5)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields replacing the preset's values, e.g. {num_layers = 2, dropout = 0.0}."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate reached at the end of warm-up (SPEC §5)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam β1, β2 (SPEC §5)."""
+    eps: float = 1e-8
+    """Adam ε (SPEC §5)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay, not applied to biases and LayerNorm weights (SPEC §5, as BERT)."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps; None = 10,000 (SPEC §5) or 10% of max_steps when that is shorter."""
+    clip_grad_norm: float = 1.0
+    """Global gradient-norm clipping threshold (SPEC §5); 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    out: str = ""
+    """The run directory: config.json, metrics.jsonl, checkpoints/."""
+    max_steps: int = 2_400_000
+    """Optimizer steps; the learning rate decays linearly to 0 here (SPEC §5)."""
+    seed: int = 1234
+    """Seed of initialisation, dropout and the data order."""
+    eval_every: int = 1000
+    """Evaluate on the validation shards every N steps (0 = only at the end)."""
+    eval_batches: int = 50
+    """Validation micro-batches per rank per evaluation (0 = the whole validation split)."""
+    save_every: int = 1000
+    """Write a checkpoint every N steps (0 = only at the end and on SIGTERM)."""
+    keep_last: int = 3
+    """Checkpoints kept in RUN_DIR/checkpoints (older ones are deleted)."""
+    resume: bool = False
+    """Continue from the latest good checkpoint in RUN_DIR (start fresh when there is none)."""
+    kernels: str = "auto"
+    """Fused kernels: 'auto' (triton on CUDA, else reference), 'triton' or 'reference'."""
+    log_every: int = 10
+    """Write a metrics row (and a console line when not on a terminal) every N steps."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to RUN_DIR/tensorboard (needs the tensorboard package)."""
+    max_nonfinite: int = 20
+    """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the rows come from and how they are batched."""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    """Which model to train."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """The optimiser and its schedule."""
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError naming the first invalid field; return self."""
+        _positive(self, "max_steps", "log_every", "keep_last", "max_nonfinite")
+        _non_negative(self, "eval_every", "eval_batches", "save_every", "seed")
+        _choice(self, "kernels", KERNEL_CHOICES)
+        if not self.out:
+            raise ConfigError("out is required: give --out RUN_DIR")
+        d = self.data
+        if not d.path:
+            raise ConfigError("data.path is required: give --data DATASET_DIR")
+        _positive(d, "global_batch_size", "micro_batch", "prefetch", prefix="data.")
+        _choice(d, "verify", VERIFY_CHOICES, prefix="data.")
+        _choice(self.model, "preset", MODEL_PRESETS, prefix="model.")
+        if not isinstance(self.model.overrides, dict):
+            raise ConfigError("model.overrides must be a table of ModelConfig fields")
+        o = self.optim
+        if not o.lr > 0:
+            raise ConfigError("optim.lr must be > 0")
+        if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+            raise ConfigError("optim.betas must be two numbers in [0, 1)")
+        if not o.eps > 0:
+            raise ConfigError("optim.eps must be > 0")
+        _non_negative(o, "weight_decay", "clip_grad_norm", prefix="optim.")
+        if o.warmup_steps is not None and o.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+def _positive(obj, *names: str, prefix: str = "") -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{prefix}{name} must be > 0 (got {getattr(obj, name)})")
+
+
+def _non_negative(obj, *names: str, prefix: str = "") -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{prefix}{name} must be >= 0 (got {getattr(obj, name)})")
+
+
+def _choice(obj, name: str, choices: tuple[str, ...], prefix: str = "") -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices)} (got {getattr(obj, name)!r})")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line doc of every field of a config dataclass (the string literal under it)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a TrainConfig from nested dicts (config files, checkpoints) with field-named errors.
+
+
+def from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply a nested dict (as in a TOML file or config.json) on top of `base` (default: the defaults)."""
+    cfg = base if base is not None else TrainConfig()
+    _apply(cfg, raw, "")
+    return cfg
+
+
+def _apply(obj, raw: dict, prefix: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        dotted = prefix + name
+        if name not in fields:
+            raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if isinstance(current, ModelSpec) and isinstance(value, dict):
+                # [model] holds the preset name plus any ModelConfig field to override.
+                value = dict(value)
+                if "preset" in value:
+                    current.preset = _coerce(value.pop("preset"), "", f"{dotted}.preset")
+                current.overrides.update(value.pop("overrides", {}))
+                current.overrides.update(value)
+                continue
+            _apply(current, value, dotted + ".")
+        else:
+            setattr(obj, name, _coerce(value, current, dotted, fields[name].type))
+
+
+def _coerce(value, current, dotted: str, annotation: str = ""):
+    """Check a value against the type of the field's default (config files carry no types of their own)."""
+    if "None" in str(annotation) and value is None:
+        return None
+    if isinstance(current, bool) or annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{dotted} must be true or false (got {value!r})")
+        return value
+    if isinstance(current, int) or "int" in str(annotation) and "float" not in str(annotation):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{dotted} must be an integer (got {value!r})")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{dotted} must be a number (got {value!r})")
+        return float(value)
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, int | float) for v in value):
+            raise ConfigError(f"{dotted} must be a list of numbers (got {value!r})")
+        return tuple(float(v) for v in value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted} must be a string (got {value!r})")
+        return value
+    return value
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a TOML (or, with PyYAML installed, YAML) config file into a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML config files need PyYAML (pip install pyyaml); or use TOML") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            import tomllib  # Python >= 3.11
+        except ImportError:
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ConfigError(f"{path}: TOML config files need Python >= 3.11 or `pip install tomli`") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a table of options")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `--model-set KEY=VALUE` option; VALUE is read as JSON when it can be (2, 0.1, true), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--model-set expects KEY=VALUE (got {text!r})")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed

@@ -1,0 +1,301 @@
+"""Streaming the packed shards (docs/FORMAT.md) into per-rank batches, deterministically.
+
+Every shard is memory-mapped (`pa.memory_map` + `pa.ipc.open_file`) and its columns are used
+zero-copy as NumPy arrays; a batch is gathered with NumPy fancy indexing (the ragged list columns
+through their offsets), never with a Python loop over tokens.
+
+Order (DESIGN.md, Determinism): training epoch e reads mask epoch e mod K, in the order of a
+permutation of that epoch's rows seeded by (seed, e). Global batch b is perm[b·G:(b+1)·G]; it is
+split contiguously over the ranks, and each rank's part contiguously into micro-batches. The
+sequence of global batches therefore depends only on (seed, epoch, G): a run resumed at position
+(epoch, b) on any number of ranks with the same G continues the same sample sequence.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from spanbert_data.packing import record_batch_columns
+from spanbert_data.shards import DatasetError, load_manifest, resolve_inside, sha256_file
+from spanbert_train.config import ConfigError
+
+LIST_COLUMNS = (
+    "example_lengths", "mlm_positions", "mlm_labels", "sbo_positions",
+    "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels",
+)  # fmt: skip
+
+
+class Shard:
+    """One memory-mapped training or validation shard, checked against its manifest entry."""
+
+    def __init__(self, root: Path, entry: dict, max_seq_len: int, verify: str = "size"):
+        self.path = resolve_inside(root, entry["path"])
+        if not self.path.is_file():
+            raise DatasetError(f"{self.path}: shard is missing; rebuild the dataset or restore the file")
+        size = self.path.stat().st_size
+        if size != entry["bytes"]:
+            raise DatasetError(f"{self.path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
+        if verify == "sha256" and sha256_file(self.path) != entry["sha256"]:
+            raise DatasetError(f"{self.path}: content hash differs from the manifest (corrupt shard)")
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+            if reader.num_record_batches != 1:
+                raise DatasetError(f"{self.path}: expected 1 record batch, found {reader.num_record_batches}")
+            batch = reader.get_batch(0)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DatasetError(f"{self.path}: not a readable Arrow file ({reason}); the shard is corrupt") from None
+        if batch.num_rows != entry["rows"]:
+            raise DatasetError(f"{self.path}: {batch.num_rows} rows, manifest says {entry['rows']}")
+        try:
+            self.columns = record_batch_columns(batch)  # zero-copy NumPy views, schema checked
+        except ValueError as e:
+            raise DatasetError(f"{self.path}: {e}") from None
+        if self.columns["input_ids"].shape[1] != max_seq_len:
+            width = self.columns["input_ids"].shape[1]
+            raise DatasetError(f"{self.path}: rows have {width} slots, the manifest says max_seq_len {max_seq_len}")
+        self.rows = batch.num_rows
+        off, lengths = self.columns["example_lengths"]
+        # Non-padding tokens of every row (its examples' lengths summed), for tokens/s without touching input_ids.
+        csum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        self.row_tokens = csum[off[1:]] - csum[off[:-1]]
+
+
+class Dataset:
+    """A dataset directory: the manifest plus every shard of every mask epoch and of valid/, opened and checked."""
+
+    def __init__(self, root: str | Path, verify: str = "size"):
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        m = self.manifest
+        try:
+            self.max_seq_len = int(m["max_seq_len"])
+            self.vocab_size = int(m["tokenizer"]["vocab_size"])
+            self.special_ids = dict(m["tokenizer"]["special_ids"])
+            self.mask_epochs = int(m["mask_epochs"])
+            train = m["shards"]["train"]
+            valid = m["shards"].get("valid", [])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{self.root / 'manifest.json'}: missing or invalid field {e}; rebuild") from None
+        self.epochs: list[list[Shard]] = [[] for _ in range(self.mask_epochs)]
+        for entry in train:
+            epoch = int(entry["epoch"])
+            if not 0 <= epoch < self.mask_epochs:
+                raise DatasetError(f"{self.root / 'manifest.json'}: shard {entry['path']} has epoch {epoch}")
+            self.epochs[epoch].append(Shard(self.root, entry, self.max_seq_len, verify))
+        for k, shards in enumerate(self.epochs):
+            if sum(s.rows for s in shards) == 0:
+                raise DatasetError(f"{self.root / 'manifest.json'}: mask epoch {k} has no training rows")
+        self.valid = [Shard(self.root, entry, self.max_seq_len, verify) for entry in valid]
+
+    def rows(self, mask_epoch: int) -> int:
+        return sum(s.rows for s in self.epochs[mask_epoch])
+
+
+class RowSource:
+    """Rows of a list of shards addressed by one index 0..N-1, gathered into batches."""
+
+    def __init__(self, shards: list[Shard]):
+        self.shards = shards
+        self.first = np.concatenate([[0], np.cumsum([s.rows for s in shards])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.first[-1])
+
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shard = np.searchsorted(self.first, rows, side="right") - 1
+        return shard, rows - self.first[shard]
+
+    def counts(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Per-row number of entries of a list column (e.g. MLM targets) — no values are touched."""
+        shard, local = self._locate(rows)
+        n = np.empty(len(rows), dtype=np.int64)
+        for s in np.unique(shard):
+            sel = shard == s
+            off = self.shards[s].columns[name][0]
+            n[sel] = off[local[sel] + 1].astype(np.int64) - off[local[sel]]
+        return n
+
+    def row_tokens(self, rows: np.ndarray) -> np.ndarray:
+        """Per-row number of non-padding tokens."""
+        shard, local = self._locate(rows)
+        n = np.empty(len(rows), dtype=np.int64)
+        for s in np.unique(shard):
+            sel = shard == s
+            n[sel] = self.shards[s].row_tokens[local[sel]]
+        return n
+
+    def gather(self, rows: np.ndarray) -> dict:
+        """The given rows, in the given order: input_ids (B, T) and every list column as (offsets, values)."""
+        shard, local = self._locate(rows)
+        groups = [(s, shard == s) for s in np.unique(shard)]
+        first = self.shards[0].columns["input_ids"]
+        ids = np.empty((len(rows), first.shape[1]), dtype=first.dtype)
+        for s, sel in groups:
+            ids[sel] = self.shards[s].columns["input_ids"][local[sel]]
+        out = {"input_ids": ids}
+        for name in LIST_COLUMNS:
+            lengths = self.counts(rows, name)
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            values = np.empty(int(offsets[-1]), dtype=self.shards[0].columns[name][1].dtype)
+            for s, sel in groups:
+                src_off, src_val = self.shards[s].columns[name]
+                n = lengths[sel]
+                # Ragged copy: entry j of row i goes from src_start[i] + j to dst_start[i] + j.
+                within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+                src = np.repeat(src_off[local[sel]].astype(np.int64), n) + within
+                dst = np.repeat(offsets[:-1][sel], n) + within
+                values[dst] = src_val[src]
+            out[name] = (offsets, values)
+        return out
+
+
+def to_batch(cols: dict):
+    """Turn gathered columns into the model's Batch (spanbert_train.batch.make_batch)."""
+    from spanbert_train.batch import make_batch
+
+    return make_batch(cols["input_ids"], **{name: cols[name] for name in LIST_COLUMNS})
+
+
+@dataclass
+class StepData:
+    """Everything one rank needs for one optimizer step, plus global-batch totals known from the data."""
+
+    epoch: int
+    index: int  # global batch index within the epoch
+    micro_batches: list  # this rank's Batches, in order
+    mlm_targets: int  # MLM targets of the GLOBAL batch (all ranks, all micro-batches): SPEC §4's divisor
+    sbo_targets: int  # SBO targets of the global batch
+    tokens: int  # non-padding tokens of the global batch
+
+
+def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
+    """The row order of training epoch `epoch`: a permutation that depends only on (seed, epoch, n_rows)."""
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
+
+
+def check_batch_geometry(dataset: Dataset, global_batch: int, micro_batch: int, world: int) -> None:
+    """Raise ConfigError unless the global batch splits evenly over ranks and micro-batches and fits every epoch."""
+    if global_batch % (world * micro_batch):
+        raise ConfigError(
+            f"data.global_batch_size ({global_batch}) must be a multiple of ranks × data.micro_batch "
+            f"({world} × {micro_batch})"
+        )
+    for k in range(dataset.mask_epochs):
+        if dataset.rows(k) < global_batch:
+            raise ConfigError(
+                f"data.global_batch_size ({global_batch}) exceeds the {dataset.rows(k)} rows of mask epoch {k} "
+                f"of {dataset.root}"
+            )
+
+
+class TrainLoader:
+    """Endless per-rank stream of StepData starting at position (epoch, batch), prefetched in a thread.
+
+    Every rank computes the whole global batch's target counts from the offsets alone (cheap), so the
+    loss normalisation of SPEC §4 needs no collective. `pin_memory` pins the batches for async H2D copies.
+    """
+
+    def __init__(self, dataset: Dataset, global_batch: int, micro_batch: int, rank: int, world: int, seed: int,
+                 start: tuple[int, int] = (0, 0), prefetch: int = 2, pin_memory: bool = False):  # fmt: skip
+        check_batch_geometry(dataset, global_batch, micro_batch, world)
+        self.dataset, self.G, self.micro, self.rank, self.world, self.seed = (
+            dataset, global_batch, micro_batch, rank, world, seed,
+        )  # fmt: skip
+        self.sources = [RowSource(shards) for shards in dataset.epochs]
+        self.position = tuple(start)
+        self.pin_memory = pin_memory
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def batches_per_epoch(self, epoch: int) -> int:
+        return len(self.sources[epoch % len(self.sources)]) // self.G
+
+    def make_step(self, epoch: int, index: int) -> StepData:
+        """Build the StepData of global batch `index` of training epoch `epoch` for this rank (pure function)."""
+        source = self.sources[epoch % len(self.sources)]
+        rows = epoch_order(self.seed, epoch, len(source))[index * self.G : (index + 1) * self.G]
+        per_rank = self.G // self.world
+        mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
+        micro = []
+        for lo in range(0, per_rank, self.micro):
+            batch = to_batch(source.gather(mine[lo : lo + self.micro]))
+            micro.append(batch.pin_memory() if self.pin_memory else batch)
+        return StepData(
+            epoch=epoch, index=index, micro_batches=micro,
+            mlm_targets=int(source.counts(rows, "mlm_positions").sum()),
+            sbo_targets=int(source.counts(rows, "sbo_positions").sum()),
+            tokens=int(source.row_tokens(rows).sum()),
+        )  # fmt: skip
+
+    def _positions(self) -> Iterator[tuple[int, int]]:
+        epoch, index = self.position
+        while True:
+            if index >= self.batches_per_epoch(epoch):
+                epoch, index = epoch + 1, 0
+                continue
+            yield epoch, index
+            index += 1
+
+    def _produce(self) -> None:
+        try:
+            for epoch, index in self._positions():
+                item = self.make_step(epoch, index)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it in the main thread
+            self._queue.put(e)
+
+    def __iter__(self) -> Iterator[StepData]:
+        self._thread = threading.Thread(target=self._produce, name="spanbert-loader", daemon=True)
+        self._thread.start()
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            self.position = (item.epoch, item.index + 1)  # the next batch to train on
+            yield item
+
+    def state_dict(self) -> dict:
+        """The position of the next global batch, valid for any rank count with the same global batch size."""
+        return {"epoch": self.position[0], "batch": self.position[1], "global_batch_size": self.G, "seed": self.seed}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def valid_batches(dataset: Dataset, micro_batch: int, rank: int, world: int, max_batches: int = 0) -> Iterator:
+    """Validation micro-batches of this rank, in a fixed order: global eval batch j = rows [j·W·m, (j+1)·W·m),
+    split contiguously over the W ranks; `max_batches` > 0 limits the count. Yields the model's Batch."""
+    source = RowSource(dataset.valid) if dataset.valid else None
+    if source is None or len(source) == 0:
+        return
+    step = micro_batch * world
+    n = len(source) // step
+    if n == 0:  # fewer rows than one global eval batch: split what there is
+        n, micro_batch = 1, len(source) // world
+        step = micro_batch * world
+        if micro_batch == 0:
+            return
+    if max_batches:
+        n = min(n, max_batches)
+    for j in range(n):
+        lo = j * step + rank * micro_batch
+        yield to_batch(source.gather(np.arange(lo, lo + micro_batch, dtype=np.int64)))

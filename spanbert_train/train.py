@@ -1,0 +1,384 @@
+"""The training loop: one Trainer with small named steps (setup → resume → train_step / evaluate / save).
+
+The same code runs on CPU, one GPU, or under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the
+environment; nccl on CUDA, gloo on CPU). Loss (SPEC §4): per objective, the CE SUMS of every
+micro-batch divided by the target counts of the whole GLOBAL batch, which the loader knows from the
+data before the forward pass — so the gradient does not depend on how the batch is split over ranks
+and accumulation steps. Optimisation: SPEC §5 (spanbert_train.optim).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from spanbert_train.checkpoint import (
+    CheckpointError,
+    latest_good,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from spanbert_train.config import ConfigError, TrainConfig
+from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry, valid_batches
+from spanbert_train.metrics import MetricsLogger
+from spanbert_train.model import ModelConfig, SpanBertForPreTraining
+from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps); the message names the step and the way back."""
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_kernels(kernels: str, device: torch.device) -> str:
+    """'auto' → the Triton kernels on CUDA, the plain-PyTorch references elsewhere (DESIGN.md)."""
+    if kernels == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return kernels
+
+
+def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
+    """The preset plus overrides, with the vocabulary of the dataset; mismatches are user errors."""
+    overrides = dict(cfg.model.overrides)
+    vocab = overrides.pop("vocab_size", None)
+    if vocab is not None and vocab != dataset.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size ({vocab}) is incompatible with the dataset's vocabulary of {dataset.vocab_size} "
+            f"({dataset.root / 'manifest.json'}); drop the override or use a matching dataset"
+        )
+    try:
+        mc = ModelConfig.from_preset(cfg.model.preset, **overrides).with_vocab(dataset.vocab_size)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if mc.max_position_embeddings < dataset.max_seq_len:
+        raise ConfigError(
+            f"model.max_position_embeddings ({mc.max_position_embeddings}) is shorter than the dataset's rows "
+            f"({dataset.max_seq_len} slots)"
+        )
+    return mc
+
+
+class Trainer:
+    """Owns the model, optimiser, loader and logger of one run; `run()` trains to max_steps or SIGTERM."""
+
+    def __init__(self, cfg: TrainConfig, on_step: Callable[[Trainer, dict], None] | None = None):
+        self.cfg = cfg.validate()
+        self.on_step = on_step  # called on every rank after every step (tests use it to stop a run)
+        self.dist = setup_distributed()
+        self.device = self.dist.device
+        self.out = Path(cfg.out)
+        self.stop_requested = False  # agreed by all ranks (through train_step's all-reduce)
+        self._stop_local = False  # set by SIGTERM or request_stop() on this rank
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+        self.skipped_nonfinite = 0
+        self.last_saved: Path | None = None
+        self._setup()
+
+    # ------------------------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg, d = self.cfg, self.dist
+        self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify)
+        check_batch_geometry(self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
+        self.model_cfg = model_config(cfg, self.dataset)
+        self.kernels = resolve_kernels(cfg.kernels, self.device)
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        try:
+            self.model = SpanBertForPreTraining(self.model_cfg, kernels=self.kernels).to(self.device)
+        except ValueError as e:
+            raise ConfigError(f"kernels: {e}") from None
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.warmup = warmup_steps(cfg.optim, cfg.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.warmup, cfg.max_steps)
+        start = self._resume_or_start()
+        self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if d.world > 1 else None
+        self.loader = TrainLoader(
+            self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.rank, d.world, cfg.seed,
+            start=start, prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        self.accum = cfg.data.global_batch_size // (cfg.data.micro_batch * d.world)
+        self.logger = MetricsLogger(self.out, cfg.max_steps, self.step, cfg.tensorboard) if d.main else None
+        self._announce()
+
+    def _resume_or_start(self) -> tuple[int, int]:
+        """Restore the latest good checkpoint when --resume; return the loader position to start from."""
+        found = latest_good(self.out, warn=self.say) if self.cfg.resume else None
+        if found is None:
+            if not self.cfg.resume and list_checkpoints(self.out):
+                raise ConfigError(f"{self.out} already holds checkpoints; pass --resume or choose a new --out")
+            seed_everything(self.cfg.seed + self.dist.rank)  # distinct dropout per rank
+            return (0, 0)
+        path, meta = found
+        if meta["model_config"] != self.model_cfg.to_dict():
+            raise ConfigError(f"{path}: checkpoint was trained with another model config; resume with the same one")
+        saved_gbs = meta["loader"]["global_batch_size"]
+        if saved_gbs != self.cfg.data.global_batch_size:
+            raise ConfigError(
+                f"data.global_batch_size ({self.cfg.data.global_batch_size}) differs from the checkpoint's "
+                f"({saved_gbs}, {path}); resume with the same global batch size"
+            )
+        try:
+            load_checkpoint(path, meta, self.model, self.optimizer, self.scheduler)
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        self.step = int(meta["step"])
+        self.skipped_nonfinite = int(meta.get("skipped_nonfinite", 0))
+        if len(meta["rng"]) == self.dist.world:
+            set_rng_state(meta["rng"][self.dist.rank])
+        else:  # another rank count: the data order is unchanged, dropout streams are fresh
+            seed_everything(self.cfg.seed + 7919 * self.step + self.dist.rank)
+        self.last_saved = path
+        self.say(f"resumed from {path} (step {self.step}, epoch {meta['loader']['epoch']}, "
+                 f"batch {meta['loader']['batch']})")  # fmt: skip
+        return (int(meta["loader"]["epoch"]), int(meta["loader"]["batch"]))
+
+    def _announce(self) -> None:
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        resolved = self.cfg.to_dict() | {"resolved_model": self.model_cfg.to_dict()}
+        (self.out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        self.say("config: " + json.dumps(resolved))
+        tokens = self.cfg.data.global_batch_size * self.dataset.max_seq_len
+        gbs, micro, world = self.cfg.data.global_batch_size, self.cfg.data.micro_batch, self.dist.world
+        self.say(
+            f"device {self.device} × {world} rank(s) | kernels {self.kernels} | "
+            f"{self.model.num_parameters() / 1e6:.1f}M parameters | global batch {gbs} rows ({tokens} slots) = "
+            f"{world} rank(s) × {self.accum} accumulation × {micro} | warm-up {self.warmup}/{self.cfg.max_steps} steps"
+        )
+
+    def say(self, text: str) -> None:
+        if self.dist.main:
+            if getattr(self, "logger", None) is not None:
+                self.logger.info(text)
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------------- steps
+    def autocast(self):
+        """bf16 autocast on CUDA (SPEC §5, the modern fp16 equivalent); plain fp32 on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dist.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def train_step(self, data) -> dict:
+        """Forward/backward every micro-batch, all-reduce the statistics, clip, step. Returns the metrics row."""
+        self.model.train()
+        net = self.ddp or self.model
+        stats = torch.zeros(6, device=self.device)
+        last = len(data.micro_batches) - 1
+        for i, batch in enumerate(data.micro_batches):
+            batch = batch.to(self.device, non_blocking=True)
+            # DDP all-reduces gradients only on the last micro-batch (no_sync on the others).
+            sync = contextlib.nullcontext() if (self.ddp is None or i == last) else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    parts = net(batch)
+                loss = parts.objective(data.mlm_targets, data.sbo_targets)
+                # DDP AVERAGES gradients over ranks; the SPEC §4 loss is their SUM, hence × world.
+                (loss * self.dist.world).backward()
+            stats += parts.detached()
+        stop = torch.tensor([float(self._stop_local)], device=self.device)
+        stats = self.all_reduce(torch.cat([stats, stop]))  # one collective: statistics + "someone got SIGTERM"
+        clip = self.cfg.optim.clip_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        values = stats.tolist()  # the step's single host sync
+        mlm_sum, mlm_n, mlm_ok, sbo_sum, sbo_n, sbo_ok, stop_votes = values
+        grad_norm = float(grad_norm)
+        loss_mlm, loss_sbo = mlm_sum / max(mlm_n, 1), sbo_sum / max(sbo_n, 1)
+        lr = self.scheduler.get_last_lr()[0]
+        finite = np.isfinite(loss_mlm + loss_sbo) and np.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:  # skip the update; the data and the schedule still move on
+            self.skipped_nonfinite += 1
+            self.nonfinite_in_a_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.stop_requested = stop_votes > 0
+        return {
+            "step": self.step + 1, "epoch": data.epoch, "loss": loss_mlm + loss_sbo,
+            "loss_mlm": loss_mlm, "loss_sbo": loss_sbo,
+            "acc_mlm": mlm_ok / max(mlm_n, 1), "acc_sbo": sbo_ok / max(sbo_n, 1),
+            "lr": lr, "grad_norm": grad_norm, "tokens": data.tokens,
+            "skipped_nonfinite": self.skipped_nonfinite, "finite": bool(finite),
+        }  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Mean losses and accuracies over the validation shards (eval_batches per rank; all ranks together)."""
+        if not self.dataset.valid:
+            return None
+        self.model.eval()
+        stats = torch.zeros(6, device=self.device)
+        batches = valid_batches(self.dataset, self.cfg.data.micro_batch, self.dist.rank, self.dist.world,
+                                self.cfg.eval_batches)  # fmt: skip
+        for batch in batches:
+            with self.autocast():
+                stats += self.model(batch.to(self.device)).detached()
+        mlm_sum, mlm_n, mlm_ok, sbo_sum, sbo_n, sbo_ok = self.all_reduce(stats).tolist()
+        if mlm_n == 0:
+            return None
+        loss_mlm, loss_sbo = mlm_sum / mlm_n, sbo_sum / max(sbo_n, 1)
+        return {"step": self.step, "split": "valid", "loss": loss_mlm + loss_sbo, "loss_mlm": loss_mlm,
+                "loss_sbo": loss_sbo, "acc_mlm": mlm_ok / mlm_n, "acc_sbo": sbo_ok / max(sbo_n, 1)}  # fmt: skip
+
+    def save(self) -> None:
+        """Checkpoint the current step on rank 0 with every rank's RNG state; all ranks wait for it."""
+        states = [rng_state()]
+        if self.dist.world > 1:
+            states = [None] * self.dist.world
+            dist.all_gather_object(states, rng_state())
+        if self.dist.main:
+            meta = {
+                "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
+                "loader": self.loader.state_dict(), "world_size": self.dist.world,
+                "skipped_nonfinite": self.skipped_nonfinite,
+                "tokenizer_sha256": self.dataset.manifest["tokenizer"].get("sha256"),
+            }  # fmt: skip
+            self.last_saved = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
+                                              meta, states, self.cfg.keep_last)  # fmt: skip
+            self.say(f"saved {self.last_saved}")
+        if self.dist.world > 1:
+            dist.barrier()
+
+    # -------------------------------------------------------------------------------------- loop
+    def run(self) -> list[dict]:
+        """Train until max_steps (or SIGTERM: finish the step, save, return). Returns the metric rows logged."""
+        cfg, rows, saved_at = self.cfg, [], self.step if self.last_saved else None
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        tic = time.perf_counter()
+        try:
+            for data in self.loader:
+                if self.step >= cfg.max_steps:
+                    break
+                row = self.train_step(data)
+                self.step += 1
+                toc = time.perf_counter()
+                row["tokens_per_s"], tic = row.pop("tokens") / max(toc - tic, 1e-9), toc
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or self.stop_requested \
+                        or not row["finite"]:
+                    rows.append(row)
+                    if self.logger:
+                        self.logger.log(row)
+                self._check_nonfinite()
+                if self.logger:
+                    self.logger.advance(self.step)
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._log_eval(rows)
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.stop_requested:
+                    self.save()
+                    saved_at = self.step
+                if self.on_step:
+                    self.on_step(self, row)
+                if self.stop_requested:
+                    self.say(f"stopped at step {self.step} on request (SIGTERM); resume with --resume")
+                    return rows
+                if self.step >= cfg.max_steps:
+                    break
+            if not (cfg.eval_every and self.step % cfg.eval_every == 0):
+                self._log_eval(rows)
+            if saved_at != self.step:
+                self.save()
+            return rows
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _log_eval(self, rows: list[dict]) -> None:
+        row = self.evaluate()
+        if row is not None:
+            rows.append(row)
+            if self.logger:
+                self.logger.log(row)
+
+    def _check_nonfinite(self) -> None:
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
+            where = self.last_saved or "none (no checkpoint was written yet)"
+            raise TrainingError(
+                f"step {self.step}: loss or gradient non-finite for {self.nonfinite_in_a_row} steps in a row "
+                f"(max_nonfinite); last good checkpoint: {where}; lower --lr or check the data"
+            )
+
+    def request_stop(self) -> None:
+        """Ask for a clean stop: the step in flight (or the next one) finishes, a checkpoint is saved, run() returns.
+
+        Every rank learns of it through train_step's all-reduce, so all ranks stop after the same step."""
+        self._stop_local = True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.request_stop()
+
+    def close(self) -> None:
+        self.loader.close()
+        if self.logger:
+            self.logger.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: TrainConfig, on_step: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
+    """Train one run as configured; returns the metric rows (training and validation) of this process."""
+    trainer = Trainer(cfg, on_step)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
