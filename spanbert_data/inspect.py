@@ -73,7 +73,7 @@ def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_00
     sw = np.concatenate(span_words) if span_words else np.zeros(0, np.int64)
     kd = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
     out["measured_rows"] = int(seen)
-    out["example_length_hist"] = _hist(lens, [0, 64, 128, 256, 384, 448, 500, 511, 512, 1 << 16])
+    out["example_length_hist"] = _hist(lens, [0, 64, 128, 256, 384, 448, 500, 511, 512, 513])
     out["span_length_hist"] = {"tokens": _counts(st, 20), "words": _counts(sw, 12)}
     out["mean_span_tokens"] = float(st.mean()) if len(st) else 0.0
     out["replacement_split"] = {name: float((kd == i).mean()) if len(kd) else 0.0 for i, name in enumerate(KIND_NAMES)}
@@ -98,7 +98,7 @@ def _counts(values: np.ndarray, cap: int) -> dict:
 
 def _hist(values: np.ndarray, edges: list[int]) -> dict:
     c, _ = np.histogram(values, bins=edges)
-    return {f"{lo}-{hi - 1}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], c) if n}
+    return {(f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo)): int(n) for lo, hi, n in zip(edges[:-1], edges[1:], c) if n}
 
 
 def detokenize(tok: WordPieceTokenizer, ids) -> str:

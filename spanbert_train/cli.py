@@ -23,6 +23,7 @@ from spanbert_train.config import (
     VERIFY_CHOICES,
     ConfigError,
     DataConfig,
+    ModelSpec,
     OptimConfig,
     TrainConfig,
     field_docs,
@@ -33,6 +34,8 @@ from spanbert_train.config import (
 
 SUBCOMMANDS: dict[str, str] = {
     "plot": "spanbert_train.metrics:plot_command",
+    "export": "spanbert_train.export:export_command",
+    "finetune-qa": "spanbert_train.qa.finetune:finetune_qa_command",
 }
 
 
@@ -58,6 +61,7 @@ _DOCS = {
     **{k: v for k, v in field_docs(TrainConfig).items()},
     **{f"data.{k}": v for k, v in field_docs(DataConfig).items()},
     **{f"optim.{k}": v for k, v in field_docs(OptimConfig).items()},
+    **{f"model.{k}": v for k, v in field_docs(ModelSpec).items()},
 }
 
 # option name (as click passes it) -> dotted config field
@@ -68,7 +72,7 @@ OPTION_FIELDS = {
     "clip_grad_norm": "optim.clip_grad_norm", "eval_every": "eval_every", "eval_batches": "eval_batches",
     "save_every": "save_every", "keep_last": "keep_last", "resume": "resume", "kernels": "kernels",
     "log_every": "log_every", "tensorboard": "tensorboard", "max_nonfinite": "max_nonfinite",
-    "verify_shards": "data.verify", "prefetch": "data.prefetch",
+    "verify_shards": "data.verify", "prefetch": "data.prefetch", "init_from": "model.init_from",
 }  # fmt: skip
 
 
@@ -102,6 +106,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 @click.option("--model", default=None, type=click.Choice(MODEL_PRESETS), help="Model size preset (SPEC §5). [base]")
 @click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override one ModelConfig field, e.g. --model-set num_layers=2 (repeatable).")  # fmt: skip
+@_opt("--init-from", field="model.init_from", metavar="HF_DIR")
 @_opt("--max-steps", field="max_steps", type=int)
 @_opt("--global-batch-size", field="data.global_batch_size", type=int)
 @_opt("--micro-batch", field="data.micro_batch", type=int)

@@ -43,7 +43,9 @@ class ModelSpec:
     preset: str = "base"
     """Model size preset: tiny, small, base or large (SPEC §5)."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """ModelConfig fields replacing the preset's values, e.g. {num_layers = 2, dropout = 0.0}."""
+    """ModelConfig fields replacing the preset's values, e.g. {num_layers = 2, hidden_dropout = 0.0}."""
+    init_from: str = ""
+    """A Hugging Face BERT directory to continue pre-training from (its config replaces the preset)."""
 
 
 @dataclass

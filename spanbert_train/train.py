@@ -92,7 +92,17 @@ def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
             f"({dataset.root / 'manifest.json'}); drop the override or use a matching dataset"
         )
     try:
-        mc = ModelConfig.from_preset(cfg.model.preset, **overrides).with_vocab(dataset.vocab_size)
+        if cfg.model.init_from:  # the checkpoint's architecture, not the preset's (issue 6)
+            from spanbert_train.export import model_config_from_hf
+
+            mc = model_config_from_hf(cfg.model.init_from, **overrides)
+            if mc.vocab_size != dataset.vocab_size:
+                raise ConfigError(
+                    f"{cfg.model.init_from}: vocab_size {mc.vocab_size} does not match the dataset's "
+                    f"{dataset.vocab_size} ({dataset.root / 'manifest.json'}); build the data with that tokenizer"
+                )
+        else:
+            mc = ModelConfig.from_preset(cfg.model.preset, **overrides).with_vocab(dataset.vocab_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     if mc.max_position_embeddings < dataset.max_seq_len:
@@ -132,6 +142,13 @@ class Trainer:
             self.model = SpanBertForPreTraining(self.model_cfg, kernels=self.kernels).to(self.device)
         except ValueError as e:
             raise ConfigError(f"kernels: {e}") from None
+        if cfg.model.init_from:  # a resumed run overwrites these weights from its checkpoint below
+            from spanbert_train.export import load_hf_weights
+
+            try:
+                self.say(str(load_hf_weights(self.model, cfg.model.init_from, self.dataset.vocab_size)))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.warmup = warmup_steps(cfg.optim, cfg.max_steps)
         self.scheduler = build_scheduler(self.optimizer, self.warmup, cfg.max_steps)
