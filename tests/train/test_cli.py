@@ -84,7 +84,7 @@ def test_config_file_then_options_and_unknown_keys(capsys, tmp_path):
     assert code == 0
     cfg = json.loads(out)
     assert (cfg["max_steps"], cfg["optim"]["lr"], cfg["data"]["micro_batch"]) == (77, 5e-4, 2)
-    assert cfg["model"] == {"preset": "small", "overrides": {"num_layers": 2}}
+    assert cfg["model"] == {"preset": "small", "overrides": {"num_layers": 2}, "init_from": ""}
     toml.write_text("[optim]\nlrr = 1\n")
     code, _, err = run_cli(capsys, "--config", toml, "--data", "d", "--out", "o")
     assert_one_line_error(code, err, "unknown config key 'optim.lrr'")
