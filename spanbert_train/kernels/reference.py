@@ -40,7 +40,8 @@ def linear_cross_entropy_reference(
 
 def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GeLU of ``x + bias``; ``bias`` (F,) broadcasts over the last dimension of ``x`` (..., F)."""
-    return F.gelu(x + bias, approximate="none")
+    # bias in x's dtype: under bf16 autocast the (tokens, FFN) activation stays bf16, as a GEMM with bias would.
+    return F.gelu(x + bias.to(x.dtype), approximate="none")
 
 
 def residual_dropout_layernorm_reference(
@@ -60,7 +61,7 @@ def residual_dropout_layernorm_reference(
     by ``1 / (1 - p)``, the rest zeroed. Tests pass the mask the Triton kernel draws for a given seed
     (``residual_dropout_layernorm.dropout_keep_mask``) so both paths drop the same elements.
     """
-    z = x + bias
+    z = x + bias.to(x.dtype)
     if training and p > 0.0:
         z = z * keep_mask / (1.0 - p) if keep_mask is not None else F.dropout(z, p=p, training=True)
     return F.layer_norm(z + residual, (x.shape[-1],), ln_weight, ln_bias, eps)
