@@ -94,8 +94,10 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:34s} {r['mb_per_s']:8.2f} {r['tokens_per_s'] / 1e6:8.2f} {r['seconds_median']:7.2f}")
     print(f"ratio pass 1 / plain encode_batch: {ratio:.3f} (goal >= 0.9); / encode_batch_fast: {ratio_fast:.3f}")
-    write_result("tokenize_blocks", {"text_mb": nbytes / 1e6, "lines": len(lines), "results": rows,
-                                     "ratio_vs_plain": ratio, "ratio_vs_encode_batch_fast": ratio_fast, "goal": 0.9, "machine": machine_info()})  # fmt: skip
+    write_result("tokenize_blocks", {
+        "text_mb": nbytes / 1e6, "lines": len(lines), "results": rows, "ratio_vs_plain": ratio,
+        "ratio_vs_encode_batch_fast": ratio_fast, "goal": 0.9, "machine": machine_info(),
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

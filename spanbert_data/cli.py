@@ -43,7 +43,7 @@ def main():
 
 @main.command()
 @click.option("--corpus", type=click.Path(path_type=Path), required=True,
-              help="Corpus file or directory: plain text, WikiExtractor, JSON Lines or MediaWiki XML; .gz/.bz2/.xz/.zst.")
+              help="Corpus file or directory: plain text, WikiExtractor, JSONL or MediaWiki XML; .gz/.bz2/.xz/.zst.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory to write or resume.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus).")
@@ -54,7 +54,7 @@ def main():
 @click.option("--mask-epochs", default=1, show_default=True, help="Different maskings of every block to write.")
 @click.option("--valid-fraction", default=0.01, show_default=True, help="Fraction of documents held out.")
 @click.option("--rows-per-shard", default=65536, show_default=True, help="At most this many rows per shard.")
-@click.option("--unit-mb", default=64.0, show_default=True, help="Input files are processed in units of about this size.")
+@click.option("--unit-mb", default=64.0, show_default=True, help="Input is processed in units of about this size.")
 @click.option("--scheme", type=click.Choice(["span", "subword", "whole-word"]), default="span", show_default=True,
               help="Masking scheme: SpanBERT's geometric spans, or the paper's baselines.")
 @click.option("--mask-ratio", default=0.15, show_default=True, help="Fraction of content tokens masked per block.")

@@ -98,7 +98,9 @@ def _counts(values: np.ndarray, cap: int) -> dict:
 
 def _hist(values: np.ndarray, edges: list[int]) -> dict:
     c, _ = np.histogram(values, bins=edges)
-    return {(f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo)): int(n) for lo, hi, n in zip(edges[:-1], edges[1:], c) if n}
+    return {
+        (f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo)): int(n)
+        for lo, hi, n in zip(edges[:-1], edges[1:], c, strict=True) if n}
 
 
 def detokenize(tok: WordPieceTokenizer, ids) -> str:
@@ -130,12 +132,13 @@ def show_examples(root: str | Path, n: int = 3) -> str:
         pos, labels = cols["mlm_positions"][1][lo:hi], cols["mlm_labels"][1][lo:hi]
         original = ids[r].astype(np.int64)
         original[pos] = labels
-        masked_at = dict(zip(pos.tolist(), range(len(pos))))
+        masked_at = dict(zip(pos.tolist(), range(len(pos)), strict=True))
         e_off, e_len = cols["example_lengths"]
         slot = 0
         for length in e_len[e_off[r] : e_off[r + 1]]:
             lines.append(f"--- row {r}, example of {length} slots")
-            lines.append(_render(tok, original, ids[r], slot + 1, slot + length - 1, masked_at, tok.special_ids["mask"]))
+            mask_id = tok.special_ids["mask"]
+            lines.append(_render(tok, original, ids[r], slot + 1, slot + length - 1, masked_at, mask_id))
             slot += int(length)
             if len(lines) >= 2 * n:
                 return "\n".join(lines)

@@ -117,7 +117,9 @@ def build_shard(ctx: RowContext, plan: ShardPlan) -> dict:
     blocks = ctx.split_blocks[plan.split][plan.lo : plan.hi]
     tokens, offsets = _store(ctx).gather(blocks)
     sp = ctx.special_ids
-    masked = mask_blocks(tokens, offsets, blocks, ctx.word_start, ctx.cdf, sp["mask"], ctx.masking, ctx.seed, plan.epoch)
+    masked = mask_blocks(
+        tokens, offsets, blocks, ctx.word_start, ctx.cdf, sp["mask"], ctx.masking, ctx.seed, plan.epoch
+    )
     lengths = np.diff(offsets) + 2
     row_of, slot_of, n_rows = pack_examples(lengths, ctx.max_seq_len)
     columns = assemble_rows(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -162,7 +161,8 @@ def test_verify_finds_flipped_byte_and_truncation(built, tmp_path):
     assert len(problems) == 2
     assert any(first in p and "hash" in p for p in problems)
     assert any(second in p and "truncated" in p for p in problems)
-    cli = subprocess.run([sys.executable, "-m", "spanbert_data.cli", "verify", str(copy)], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "spanbert_data.cli", "verify", str(copy)]
+    cli = subprocess.run(cmd, capture_output=True, text=True)
     assert cli.returncode == 1 and first in cli.stderr and second in cli.stderr
 
 
