@@ -50,7 +50,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     out, root = Path(cfg.out), Path(cfg.corpus)
     previous = _claim_out_dir(out)
     listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
-    files = list_corpus_files(root, listing, warn=log)  # raises CorpusError when nothing is left
+    files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
     units = plan_units(files, root, cfg.unit_bytes)
     plan = {"format": FORMAT_NAME, "options": cfg.options(), "units": [[list(u.files), u.bytes] for u in units]}
     if previous is not None and (previous.get("options"), previous.get("units")) != (plan["options"], plan["units"]):
@@ -67,7 +67,10 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
+    # build.json claims the directory, so it lands before any other file: a run killed at any later
+    # moment leaves a directory that the re-run recognises as its own (docs/RELIABILITY.md).
     atomic_write_json(out / BUILD_FILE, plan)
+    tokenizer.save(out / TOKENIZER_FILE)
 
     markers = _pass1(cfg, out, root, units, log)
     corpus = listing
@@ -132,15 +135,31 @@ def _claim_out_dir(out: Path) -> dict | None:
             previous = None
         if not isinstance(previous, dict) or previous.get("format") != FORMAT_NAME:
             raise BuildError(f"{build_file}: not a spanbert build file; choose another --out")
+        _remove_stale_temps(out)
         return previous
-    if out.is_dir() and any(out.iterdir()):
+    leftovers = list(out.iterdir()) if out.is_dir() else []
+    if any(not _is_claim_temp(p) for p in leftovers):
         raise BuildError(f"{out}: directory is not empty and holds no spanbert build; choose an empty or new --out")
+    for path in leftovers:  # only the temp file of a build.json whose writer was killed
+        path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return None
 
 
+def _is_claim_temp(path: Path) -> bool:
+    return path.name.startswith(f".{BUILD_FILE}.") and path.name.endswith(".tmp") and path.is_file()
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete the hidden temp files (`.NAME.*.tmp`, see shards.atomic_path) a killed run left in its folders."""
+    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+
 def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path, log) -> WordPieceTokenizer:
-    """Copy the given tokenizer into `out`, reuse the one an interrupted run saved, or train one (SPEC §1)."""
+    """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
@@ -159,8 +178,7 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path
         tokenizer = train_wordpiece(lines(), vocab_size=cfg.vocab_size)
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
-    tokenizer.save(target)
-    return tokenizer
+    return tokenizer  # the caller saves it, after build.json
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -260,7 +278,7 @@ def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -
     """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
     unit_of_part = np.array([m["unit"] for m in markers for _ in m["parts"]], dtype=np.uint64)
     docs = [d.astype(np.uint64) for d in store.docs]
-    units = [np.full(len(d), u, dtype=np.uint64) for d, u in zip(docs, unit_of_part)]
+    units = [np.full(len(d), u, dtype=np.uint64) for d, u in zip(docs, unit_of_part, strict=True)]
     doc = np.concatenate(docs) if docs else np.zeros(0, np.uint64)
     unit = np.concatenate(units) if units else np.zeros(0, np.uint64)
     h = _mix64(_mix64(_mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED)) ^ unit) ^ doc)
@@ -293,5 +311,6 @@ def _summary(manifest: dict, seconds: float, log) -> None:
     )
     log(
         f"{manifest['blocks']} blocks ({manifest['valid_blocks']} held out), {manifest['tokens']} content tokens; "
-        f"{manifest['mask_epochs']} mask epoch(s) x {rows} rows of {manifest['max_seq_len']} slots, padding {100 * (1 - tokens / max(slots, 1)):.2f}%"
+        f"{manifest['mask_epochs']} mask epoch(s) x {rows} rows of {manifest['max_seq_len']} slots, "
+        f"padding {100 * (1 - tokens / max(slots, 1)):.2f}%"
     )

@@ -22,6 +22,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+_UMASK = os.umask(0o022)  # read the process umask (only possible by setting it) ...
+os.umask(_UMASK)  # ... and put it back at once
+
+
 class DatasetError(Exception):
     """A dataset directory or one of its files is missing, corrupt or of another format (user-facing, one line)."""
 
@@ -36,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a dataset must be as readable as any file the user writes
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from operator import attrgetter
 from pathlib import Path
@@ -147,18 +146,12 @@ class WordPieceTokenizer:
         return self._tok.to_str()
 
     def save(self, path) -> None:
-        """Write `to_json()` to path atomically (temp file in the same directory, then os.replace)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.to_json().encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write `to_json()` to path atomically (temp file in the same directory, then os.replace).
+
+        A failed write (disk full, file size limit) raises `shards.DiskWriteError` naming the file."""
+        from spanbert_data.shards import atomic_write_bytes  # lazy: pyarrow is not needed to tokenize
+
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
 
 def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from spanbert_data.shards import sha256_file
@@ -186,7 +187,12 @@ def load_checkpoint(path: Path, meta: dict, model: torch.nn.Module, optimizer: t
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: the model does not match this checkpoint ({first})") from None
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: not a readable safetensors file ({e})") from None
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path / 'optimizer.safetensors'}: not a readable safetensors file ({e})") from None
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

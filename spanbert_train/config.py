@@ -189,6 +189,8 @@ def _apply(obj, raw: dict, prefix: str) -> None:
                 value = dict(value)
                 if "preset" in value:
                     current.preset = _coerce(value.pop("preset"), "", f"{dotted}.preset")
+                if "init_from" in value:  # a ModelSpec field, not a ModelConfig override (--init-from)
+                    current.init_from = _coerce(value.pop("init_from"), "", f"{dotted}.init_from")
                 current.overrides.update(value.pop("overrides", {}))
                 current.overrides.update(value)
                 continue

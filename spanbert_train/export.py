@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import click
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
-from spanbert_data.shards import DatasetError, load_manifest
+from spanbert_data.shards import DatasetError, load_manifest, sha256_file
 from spanbert_data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer
 from spanbert_train import __version__
 from spanbert_train.checkpoint import CheckpointError, latest_good, read_meta
@@ -175,8 +177,15 @@ def export_checkpoint(source: str | Path, out: str | Path, data: str | Path | No
         raise ExportError(f"{data_dir}: its tokenizer is not the one the run was trained with; pass the run's --data")
     cfg = _checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
     model = SpanBertForPreTraining(cfg, kernels="reference", attention="sdpa")
-    load_model(model, str(ckpt / WEIGHTS), strict=True)
+    try:
+        load_model(model, str(ckpt / WEIGHTS), strict=True)
+    except (SafetensorError, RuntimeError) as e:
+        raise ExportError(f"{ckpt / WEIGHTS}: cannot be loaded into the checkpoint's model ({e})") from None
     tokenizer_file = data_dir / manifest["tokenizer"].get("file", "tokenizer.json")
+    if not tokenizer_file.is_file() or sha256_file(tokenizer_file) != manifest["tokenizer"].get("sha256"):
+        raise ExportError(  # a swapped tokenizer.json would ship token ids that mean other words
+            f"{tokenizer_file}: missing or not the tokenizer its manifest names; run `spanbert-data verify {data_dir}`"
+        )
     provenance = {"source": str(ckpt.resolve()), "step": meta.get("step"), "dataset": str(data_dir.resolve())}
     return export_model(model, tokenizer_file, out, provenance)
 
@@ -265,9 +274,19 @@ def read_hf_state_dict(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], str
     """Tensors of `model.safetensors` or `pytorch_model.bin` (never unpickling code), and the file name used."""
     hf_dir = Path(hf_dir)
     if (hf_dir / WEIGHTS).is_file():
-        return load_file(str(hf_dir / WEIGHTS)), WEIGHTS
+        try:
+            return load_file(str(hf_dir / WEIGHTS)), WEIGHTS
+        except SafetensorError as e:
+            raise ExportError(f"{hf_dir / WEIGHTS}: not a readable safetensors file ({e})") from None
     if (hf_dir / "pytorch_model.bin").is_file():
-        return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True), "pytorch_model.bin"
+        try:  # weights_only: the restricted unpickler refuses anything but tensors and plain containers
+            return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True), "pytorch_model.bin"
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(
+                f"{hf_dir / 'pytorch_model.bin'}: refused — not plain tensors ({reason[:200]}); "
+                "convert it to model.safetensors with a tool you trust"
+            ) from None
     raise ExportError(f"{hf_dir}: holds neither {WEIGHTS} nor pytorch_model.bin (sharded checkpoints: merge first)")
 
 

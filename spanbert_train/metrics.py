@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from spanbert_data.shards import atomic_write_bytes
 from spanbert_train.config import ConfigError
 
 METRICS = "metrics.jsonl"
@@ -109,7 +110,8 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    # Atomically: a kill during this rewrite must not lose the rows before `step` (no run re-logs them).
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -174,6 +174,12 @@ class Trainer:
         path, meta = found
         if meta["model_config"] != self.model_cfg.to_dict():
             raise ConfigError(f"{path}: checkpoint was trained with another model config; resume with the same one")
+        trained_with, now = meta.get("tokenizer_sha256"), self.dataset.manifest["tokenizer"].get("sha256")
+        if trained_with and now and trained_with != now:  # same vocab size is not enough: ids must mean the same
+            raise ConfigError(
+                f"{path}: checkpoint was trained on data of another tokenizer than {self.dataset.root}'s; "
+                "resume with the run's dataset"
+            )
         saved_gbs = meta["loader"]["global_batch_size"]
         if saved_gbs != self.cfg.data.global_batch_size:
             raise ConfigError(
