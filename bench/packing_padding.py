@@ -28,7 +28,7 @@ from numba import njit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 
-from spanbert_data.packing import pack_examples, padding_fraction  # noqa: E402
+from spanbert_data.packing import pack_examples, padding_fraction, rows_lower_bound  # noqa: E402
 
 ROW_LEN = 512
 
@@ -110,17 +110,6 @@ def first_fit_decreasing(lengths, order, row_len):
     return rows
 
 
-def lower_bound(lengths, row_len):
-    """Martello-Toth L2: a lower bound on the rows any packing needs."""
-    L = np.sort(lengths)
-    best = int(np.ceil(L.sum() / row_len))
-    for a in [0, *np.unique(L[L <= row_len // 2]).tolist()]:
-        big = L > row_len - a
-        mid = (L > row_len / 2) & ~big
-        small = (L >= a) & (L <= row_len / 2)
-        room = mid.sum() * row_len - L[mid].sum()
-        best = max(best, int(big.sum() + mid.sum() + max(0, np.ceil((L[small].sum() - room) / row_len))))
-    return best
 
 
 def timed(fn, repeats):
@@ -152,7 +141,7 @@ def main() -> None:
             order = np.argsort(-lengths, kind="stable")
             rows = {"one_per_row": n, "next_fit": next_fit(lengths, ROW_LEN),
                     "first_fit_decreasing": first_fit_decreasing(lengths, order, ROW_LEN),
-                    "best_fit_decreasing": bfd, "lower_bound": lower_bound(lengths, ROW_LEN)}  # fmt: skip
+                    "best_fit_decreasing": bfd, "lower_bound": rows_lower_bound(lengths, ROW_LEN)}  # fmt: skip
             pad = {k: padding_fraction(lengths, v, ROW_LEN) for k, v in rows.items()}
             results.append({"distribution": name, "n": n, "mean_length": float(lengths.mean()),
                             "fraction_over_half_row": float(np.mean(lengths > ROW_LEN // 2)), "rows": rows,

@@ -57,19 +57,15 @@ def main() -> None:
         tok = load_tokenizer(args.tokenizer)
         raw = tok._tok  # the same tokenizers.Tokenizer object our pass 1 uses
 
-        def plain_encode_batch():
-            n = 0
-            for i in range(0, len(lines), 32768):
-                for enc in raw.encode_batch(lines[i : i + 32768], add_special_tokens=False):
-                    n += len(enc.ids)
-            return n
+        def plain(method):
+            def run():
+                n = 0
+                for i in range(0, len(lines), 32768):
+                    for enc in method(lines[i : i + 32768], add_special_tokens=False):
+                        n += len(enc.ids)
+                return n
 
-        def plain_encode_batch_fast():
-            n = 0
-            for i in range(0, len(lines), 32768):
-                for enc in raw.encode_batch_fast(lines[i : i + 32768], add_special_tokens=False):
-                    n += len(enc.ids)
-            return n
+            return run
 
         def pass1():
             out = tmp / "out"
@@ -84,8 +80,8 @@ def main() -> None:
             return build_dataset(cfg, log=lambda _m: None)["tokens"]
 
         rows = {}
-        sides = [("tokenizers encode_batch (plain)", plain_encode_batch),
-                 ("tokenizers encode_batch_fast", plain_encode_batch_fast), ("spanbert pass 1", pass1),
+        sides = [("tokenizers encode_batch (plain)", plain(raw.encode_batch)),
+                 ("tokenizers encode_batch_fast", plain(raw.encode_batch_fast)), ("spanbert pass 1", pass1),
                  ("spanbert build (pass 1 + 2)", full_build)]  # fmt: skip
         for name, fn in sides:
             times, tokens = [], 0

@@ -143,7 +143,8 @@ def inspect(dataset, as_json, examples, split):
     c = stats["corpus"]
     click.echo(f"{dataset}: {c['documents']} documents, {stats['blocks']} blocks, {stats['mask_epochs']} mask epoch(s)")
     click.echo(f"{split}: {stats['shards']} shards, {stats['rows']} rows, {stats['examples']} examples, "
-               f"{stats['tokens']} tokens, padding {100 * stats['padding_fraction']:.2f}%")  # fmt: skip
+               f"{stats['tokens']} tokens, padding {100 * stats['padding_fraction']:.2f}% "
+               f"(best possible for these examples: {100 * stats['padding_lower_bound']:.2f}%)")  # fmt: skip
     click.echo(f"masked {100 * stats['masked_fraction']:.2f}% of content tokens, mean merged span "
                f"{stats['mean_span_tokens']:.2f} tokens, SBO/MLM targets {stats['sbo_targets_per_mlm_target']:.3f}, "
                + ", ".join(f"{k} {100 * v:.1f}%" for k, v in stats["replacement_split"].items()))  # fmt: skip

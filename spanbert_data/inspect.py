@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spanbert_data.packing import record_batch_columns
+from spanbert_data.packing import record_batch_columns, rows_lower_bound
 from spanbert_data.shards import load_manifest, read_arrow_file, resolve_inside
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 
@@ -49,13 +49,14 @@ def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_00
     out["masked_fraction"] = out["mlm_targets"] / content if content else 0.0
     out["sbo_targets_per_mlm_target"] = out["sbo_targets"] / out["mlm_targets"] if out["mlm_targets"] else 0.0
 
-    ex_lengths, span_tokens, span_words, kinds, seen = [], [], [], [], 0
+    ex_lengths, span_tokens, span_words, kinds, seen, fewest_rows = [], [], [], [], 0, 0
     for shard in shards:
         if seen >= max_rows:
             break
         cols = record_batch_columns(read_arrow_file(resolve_inside(root, shard["path"])))
         ids = cols["input_ids"]
         ex_lengths.append(cols["example_lengths"][1])
+        fewest_rows += rows_lower_bound(ex_lengths[-1], ids.shape[1])  # packing is per shard
         pos_off, pos = cols["mlm_positions"]
         labels = cols["mlm_labels"][1].astype(np.int64)
         starts, lengths = _spans(pos_off, pos)
@@ -73,6 +74,8 @@ def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_00
     sw = np.concatenate(span_words) if span_words else np.zeros(0, np.int64)
     kd = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
     out["measured_rows"] = int(seen)
+    # the least padding any packing of these examples could reach (Martello-Toth L2 bound per shard)
+    out["padding_lower_bound"] = 1 - lens.sum() / (fewest_rows * manifest["max_seq_len"]) if fewest_rows else 0.0
     out["example_length_hist"] = _hist(lens, [0, 64, 128, 256, 384, 448, 500, 511, 512, 513])
     out["span_length_hist"] = {"tokens": _counts(st, 20), "words": _counts(sw, 12)}
     out["mean_span_tokens"] = float(st.mean()) if len(st) else 0.0

@@ -64,6 +64,21 @@ def padding_fraction(lengths: np.ndarray, n_rows: int, row_len: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------- packing
+def rows_lower_bound(lengths: np.ndarray, row_len: int) -> int:
+    """Martello-Toth L2: no packing of these example lengths into rows of `row_len` uses fewer rows.
+
+    It turns a padding figure into a verdict: the packer's padding against the least any packer could get."""
+    L = np.sort(np.asarray(lengths, dtype=np.int64))
+    best = int(np.ceil(L.sum() / row_len))
+    for a in [0, *np.unique(L[L <= row_len // 2]).tolist()]:
+        big = L > row_len - a  # cannot share a row with any item of size >= a
+        mid = (L > row_len / 2) & ~big  # one per row
+        small = (L >= a) & (L <= row_len / 2)
+        room = mid.sum() * row_len - L[mid].sum()
+        best = max(best, int(big.sum() + mid.sum() + max(0, np.ceil((L[small].sum() - room) / row_len))))
+    return best
+
+
 @njit(cache=True)
 def _best_fit_decreasing(lengths, order, row_len):
     """Place examples, in `order`, each into the open row with the least free space that still fits it.

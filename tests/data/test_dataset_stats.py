@@ -84,7 +84,8 @@ def labels_at(cols, r, slots):
 
 def test_statistics_match_spec_within_sampling_error(dataset):
     stats = dataset_stats(dataset)
-    assert stats["padding_fraction"] < 0.06  # bound of this corpus: see bench/packing_padding.py
+    # This corpus's long articles give few short examples to fill rows: the packer must reach the best possible.
+    assert stats["padding_lower_bound"] <= stats["padding_fraction"] < stats["padding_lower_bound"] + 0.005
     # ceil() makes the masked fraction slightly above 15%; never below.
     assert 0.15 <= stats["masked_fraction"] < 0.152
     spans = sum(stats["span_length_hist"]["tokens"].values())

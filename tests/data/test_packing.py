@@ -10,6 +10,7 @@ from spanbert_data.packing import (
     pack_examples,
     padding_fraction,
     record_batch_columns,
+    rows_lower_bound,
     rows_to_record_batch,
 )
 
@@ -131,17 +132,6 @@ def wiki_like_lengths(rng, n_docs, cap=510):
     return np.array(out, np.int64) + 2
 
 
-def bin_packing_lower_bound(lengths, row_len):
-    """Martello-Toth L2 lower bound on the number of rows any packing needs."""
-    L = np.sort(np.asarray(lengths))
-    best = int(np.ceil(L.sum() / row_len))
-    for a in [0, *np.unique(L[L <= row_len // 2]).tolist()]:
-        big = L > row_len - a
-        mid = (L > row_len / 2) & ~big
-        small = (L >= a) & (L <= row_len / 2)
-        room = mid.sum() * row_len - L[mid].sum()
-        best = max(best, int(big.sum() + mid.sum() + max(0, np.ceil((L[small].sum() - room) / row_len))))
-    return best
 
 
 # ------------------------------------------------------------------------------------ packing
@@ -198,7 +188,7 @@ def test_padding_mixed_distribution_is_near_optimal():
     for n in (2000, 100_000):
         lengths = mixed_lengths(rng, n)
         n_rows = pack_examples(lengths, 512)[2]
-        bound = padding_fraction(lengths, bin_packing_lower_bound(lengths, 512), 512)
+        bound = padding_fraction(lengths, rows_lower_bound(lengths, 512), 512)
         assert padding_fraction(lengths, n_rows, 512) <= bound + 0.003
 
 
