@@ -7,44 +7,35 @@ Encoding -> flat NumPy conversion, the step where Python overhead hides, for the
 
     .venv/bin/python bench/tokenizer_throughput.py [--dump PATH] [--repeats 5] [--threads N]
 
-Text: the plain text of a MediaWiki XML dump (default: the enwiki excerpt beside the repository), one
-paragraph per line. Prints tables and writes bench/results/tokenizer_throughput.json.
+Text: the lines of a corpus file (default: the bundled Wikipedia sample, examples/wiki/), one
+sentence per line. Prints tables and writes bench/results/tokenizer_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
 import itertools
 import statistics
 import sys
 import time
-import xml.etree.ElementTree as ET
 from operator import attrgetter
 from pathlib import Path
 
-import mwparserfromhell
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 
+from spanbert_data.corpus import CorpusStats, read_documents  # noqa: E402
 from spanbert_data.tokenizer import load_tokenizer, set_tokenizer_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DUMP = REPO.parent / "dump" / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+DUMP = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"
 
 
 def dump_lines(path: Path) -> list[str]:
-    """Plain-text paragraphs of every page (markup stripped by mwparserfromhell), one per line."""
-    lines = []
-    with bz2.open(path) as f:
-        for _, el in ET.iterparse(f):
-            if el.tag.endswith("}text") and el.text:
-                text = mwparserfromhell.parse(el.text).strip_code()
-                lines += [p.strip() for p in text.split("\n") if p.strip()]
-            el.clear()
-    return lines
+    """Every text line of a corpus file (any format the builder reads: the example JSONL, an XML dump, ...)."""
+    return [line for doc in read_documents(path, path.parent, CorpusStats()) for line in doc.lines]
 
 
 def timed(fn, repeats: int) -> list[float]:
