@@ -15,7 +15,8 @@ $BIN/spanbert-data inspect "$OUT/data" --examples 2
 
 echo "== 3/4 pre-train the tiny model for $STEPS steps on CPU"
 $BIN/spanbert-train --data "$OUT/data" --out "$OUT/run" --model tiny --max-steps "$STEPS" \
-    --global-batch-size 16 --micro-batch 8 --lr 1e-3 --warmup-steps 30 --eval-every 100 --save-every 100
+    --global-batch-size 16 --micro-batch 8 --lr 1e-3 --warmup-steps 30 --eval-every 100 --save-every 100 \
+    --resume  # a second `make demo` finds the finished run and has nothing left to do
 
 echo "== 4/4 plot the loss curves"
 $BIN/spanbert-train plot "$OUT/run"
