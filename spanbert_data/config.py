@@ -22,7 +22,10 @@ class BuildConfig:
     vocab_size: int = 28996
     """Size of the vocabulary trained when no tokenizer is given (BERT-cased size)."""
     workers: int = 1
-    """Worker processes; the bytes written never depend on it."""
+    """Worker processes (or, with `scheduler="local"`, Dask workers); the bytes written never depend on it."""
+    scheduler: str | None = None
+    """None: this machine (`workers` processes). "local": a Dask LocalCluster of `workers` processes.
+    "tcp://HOST:8786": an existing Dask cluster whose workers share the output filesystem."""
     max_seq_len: int = 512
     """Slots per training row; blocks hold at most max_seq_len - 2 content tokens (SPEC §1)."""
     seed: int = 12345
@@ -63,7 +66,7 @@ class BuildConfig:
     def options(self) -> dict:
         """Every option that changes the bytes written (saved in build.json and the manifest)."""
         d = dataclasses.asdict(self)
-        for key in ("corpus", "out", "workers", "tokenizer"):
+        for key in ("corpus", "out", "workers", "scheduler", "tokenizer"):
             d.pop(key)
         d["masking"] = self.masking.to_dict()
         return d
