@@ -127,6 +127,7 @@ class DaskExecutor(Executor):
     elsewhere, and a failing task is retried; a task's files land atomically, so reruns are harmless."""
 
     RETRIES = 2
+    WORKER_WAIT = 60  # seconds to wait for the first worker of an external cluster
 
     def __init__(self, scheduler: str, workers: int, log: Callable[[str], None]):
         try:
@@ -149,6 +150,14 @@ class DaskExecutor(Executor):
             self.close()
             raise ExecutorError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
         self.scheduler = scheduler
+        try:
+            self.client.wait_for_workers(1, timeout=self.WORKER_WAIT)
+        except (TimeoutError, OSError):
+            self.close()
+            raise ExecutorError(
+                f"no Dask worker joined the scheduler at {scheduler} within {self.WORKER_WAIT} s; start workers with "
+                f"`dask worker {scheduler}`"
+            ) from None
         self.workers = max(1, sum(self.client.nthreads().values()))
         link = self.client.dashboard_link
         log(f"Dask: {self.describe()}" + (f"; dashboard {link}" if link else ""))
@@ -173,7 +182,7 @@ class DaskExecutor(Executor):
                 done = distributed.wait(list(pending), return_when="FIRST_COMPLETED").done
                 for fut in sorted(done, key=lambda f: pending[f][0]):
                     key, args = pending.pop(fut)
-                    on_done(key, args, fut.result())
+                    on_done(key, args, _result(fut, key))
         finally:
             for fut in pending:
                 fut.release()
@@ -192,6 +201,19 @@ class DaskExecutor(Executor):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+def _result(fut, key: str):
+    """A Dask future's result; our own (one-line, user-facing) errors pass through, anything else is summarised."""
+    try:
+        return fut.result()
+    except Exception as e:
+        if type(e).__module__.startswith("spanbert_data."):
+            raise
+        raise ExecutorError(
+            f"task {key} failed on the Dask cluster: {type(e).__name__}: {e} (every worker needs the same spanbert "
+            "version; a local run, without --scheduler, shows the full traceback)"
+        ) from None
 
 
 def make_executor(workers: int, scheduler: str | None, log: Callable[[str], None]) -> Executor:
