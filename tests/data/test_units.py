@@ -62,7 +62,8 @@ def _wikiextractor(rng: random.Random, n_docs: int = 200) -> bytes:
     docs = []
     for i in range(n_docs):
         body = "\n".join(f"Sentence {j} of doc {i} &amp; {'x' * rng.randint(0, 120)}" for j in range(rng.randint(1, 9)))
-        docs.append(f'<doc id="{i}" url="https://en.wikipedia.org/wiki?curid={i}" title="T{i}">\nT{i}\n{body}\n</doc>\n')
+        head = f'<doc id="{i}" url="https://en.wikipedia.org/wiki?curid={i}" title="T{i}">'
+        docs.append(f"{head}\nT{i}\n{body}\n</doc>\n")
     return "".join(docs).encode()
 
 
