@@ -14,7 +14,7 @@
 # e2e) failed or did not run, 3 only a performance part (kernels, train_step) failed; 2 no CUDA device.
 #
 # Environment: GPU_CHECK_OUT (default bench/results/gpu, dry bench/results/gpu-dry), GPU_CHECK_DRY=1 (CPU dry run:
-# tiny shapes, reference paths, Triton in its interpreter), GPU_CHECK_BUDGET (s, default 470, dry 240),
+# tiny shapes, reference paths, Triton in its interpreter), GPU_CHECK_BUDGET (s, default 470, dry 300),
 # GPU_CHECK_PARTS (a subset, e.g. "setup data e2e"), GPU_CHECK_PYTHON (default python3; dry: .venv/bin/python),
 # GPU_CHECK_WORK (scratch folder, default a new one under $TMPDIR), GPU_CHECK_E2E_SECONDS (training time of e2e
 # after its first logged step, default 120, dry 12).
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 DRY=${GPU_CHECK_DRY:-0}
 if [ "$DRY" = 1 ]; then
-    OUT_DIR=${GPU_CHECK_OUT:-bench/results/gpu-dry}; BUDGET=${GPU_CHECK_BUDGET:-240}
+    OUT_DIR=${GPU_CHECK_OUT:-bench/results/gpu-dry}; BUDGET=${GPU_CHECK_BUDGET:-300}
     E2E_SECONDS=${GPU_CHECK_E2E_SECONDS:-12}
 else
     OUT_DIR=${GPU_CHECK_OUT:-bench/results/gpu}; BUDGET=${GPU_CHECK_BUDGET:-470}
@@ -46,7 +46,7 @@ done
 export PATH="$(dirname "$PY"):$PATH:$WORK/bin"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .whl ] && export PYTHONPATH="$WORK/site:$PYTHONPATH"
-export PYTHONUNBUFFERED=1 GPU_CHECK_DRY=$DRY TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 GPU_CHECK_DRY=$DRY
 [ "$DRY" = 1 ] || export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}  # triton >= 3.9 warns otherwise
 DEADLINE=$((SECONDS + BUDGET))
 FAILED_BEFORE=""
@@ -97,6 +97,7 @@ run_part() {
 
 setup() {
     if [ "$DRY" != 1 ]; then
+        "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" || return 2
         if ls .whl/*.whl > /dev/null 2>&1; then
             "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
                 .whl/*.whl || return 1
@@ -111,10 +112,7 @@ setup() {
     fi
     "$PY" bench/gpu_report.py versions --out "$WORK/versions.json" || return 1  # imports the project too
     command -v spanbert-train && command -v spanbert-data || return 1
-    if [ "$DRY" != 1 ]; then
-        "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" || return 2
-        nvidia-smi || true
-    fi
+    [ "$DRY" = 1 ] || nvidia-smi || true
 }
 
 data() {
@@ -163,10 +161,10 @@ e2e() {
 export -f setup data correctness kernels train_step e2e
 export DRY PY WORK
 
-if [ "$DRY" = 1 ]; then CAPS=(30 60 120 60 90); else CAPS=(60 60 120 90 150); fi
+if [ "$DRY" = 1 ]; then CAPS=(60 60 150 60 120); else CAPS=(60 60 120 90 150); fi
 run_part setup "${CAPS[0]}" "" bash -c setup
 if [[ " $FAILED_BEFORE " == *" setup "* ]] && grep -q '"part": "setup", "rc": 2,' "$WORK/parts.jsonl"; then
-    echo "gpu-check: no CUDA device here; GPU_CHECK_DRY=1 make gpu-check runs the CPU dry run"
+    echo "gpu-check: $PY has no torch with a CUDA device; GPU_CHECK_DRY=1 make gpu-check runs the CPU dry run"
     exit 2
 fi
 run_part data "${CAPS[1]}" "setup" bash -c data

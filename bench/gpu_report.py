@@ -158,8 +158,9 @@ def md_sections(r: dict) -> list[str]:
     out += ["", "## 3. Train step (bench/train_step.py)", ""]
     if t:
         out += [f"{t.get('device')}, {t.get('precision')}, batch {t.get('batch')} x {t.get('seq_len')} x accum "
-                f"{t.get('accum')}, {t.get('steps')} timed steps; peak {fmt((t.get('peak_flops') or 0) / 1e12, '.0f')} "
-                "TFLOP/s.", "", "| model | impl | tokens/s | seq/s | ms/step | MFU | peak GiB |",
+                f"{t.get('accum')}, {t.get('steps')} timed steps; peak "
+                f"{fmt(t['peak_flops'] / 1e12 if t.get('peak_flops') else None, '.0f')} TFLOP/s.", "",
+                "| model | impl | tokens/s | seq/s | ms/step | MFU | peak GiB |",
                 "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for row in t.get("rows", []):
             if "impl" not in row:
@@ -191,7 +192,8 @@ def md_sections(r: dict) -> list[str]:
                 f"- {'pass' if e['passed'] else '**FAIL**: ' + '; '.join(e['why'])}",
                 f"- {e['logged_steps']} logged steps up to step {e['last_step']} in {e['wall_s']:.0f} s (first logged "
                 f"step after {fmt(e.get('startup_s'), '.0f')} s); stopped by "
-                f"{e['stopped_by']} (exit {e['exit_status']}); latest checkpoint step {e['latest_checkpoint']}",
+                f"{e['stopped_by']} (torchrun's exit status {e['exit_status']}: it exits 1 when it gets SIGTERM "
+                f"itself); latest checkpoint step {e['latest_checkpoint']}",
                 f"- loss (mean of first 3 logged -> last 3): {fmt(e['loss_first3_mean'], '.3f')} -> "
                 f"{fmt(e['loss_last3_mean'], '.3f')}",
                 f"- {fmt(e['tokens_per_s_median'], ',.0f')} tokens/s (median), "

@@ -111,3 +111,18 @@ def test_correctness_checks_catch_attention_leaking_across_examples(monkeypatch)
 
     monkeypatch.setattr(gpu_correctness, "build_layout", leaky)
     assert not gpu_correctness.check_varlen(s, torch.float32, cpu, seed=4)["passed"]
+
+
+def test_profile_groups_name_the_kernels_of_a_step():
+    from bench.profiling import group_of
+
+    assert group_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>") == "flash attention"
+    assert group_of("void flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<...>") == "flash attention"
+    for ours in ("_fwd_kernel", "_bwd_kernel", "_ce_rows_kernel", "_bias_gelu_bwd_kernel"):
+        assert group_of(ours) == "triton (ours)"
+    assert group_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "gemm"
+    assert group_of("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN") == group_of("aten::mm") == "gemm"
+    assert group_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...FusedAdam...>") == "optimizer"
+    assert group_of("triton_poi_fused_add_0") == "triton (other)"
+    assert group_of("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") == (
+        "elementwise")
