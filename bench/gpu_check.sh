@@ -17,14 +17,14 @@
 # tiny shapes, reference paths, Triton in its interpreter), GPU_CHECK_BUDGET (s, default 470, dry 300),
 # GPU_CHECK_PARTS (a subset, e.g. "setup data e2e"), GPU_CHECK_PYTHON (default python3; dry: .venv/bin/python),
 # GPU_CHECK_WORK (scratch folder, default a new one under $TMPDIR), GPU_CHECK_E2E_SECONDS (training time of e2e
-# after its first logged step, default 120, dry 12).
+# after its first logged step, default 120, dry 10).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 DRY=${GPU_CHECK_DRY:-0}
 if [ "$DRY" = 1 ]; then
     OUT_DIR=${GPU_CHECK_OUT:-bench/results/gpu-dry}; BUDGET=${GPU_CHECK_BUDGET:-300}
-    E2E_SECONDS=${GPU_CHECK_E2E_SECONDS:-12}
+    E2E_SECONDS=${GPU_CHECK_E2E_SECONDS:-10}
 else
     OUT_DIR=${GPU_CHECK_OUT:-bench/results/gpu}; BUDGET=${GPU_CHECK_BUDGET:-470}
     E2E_SECONDS=${GPU_CHECK_E2E_SECONDS:-120}
