@@ -267,6 +267,7 @@ class TrainLoader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending = None  # the next queue item, taken early by peek_error()
+        self._orders: dict[int, np.ndarray] = {}  # training epoch -> its row order (see _order)
         from spanbert_train.verify_ahead import VerifyAhead
 
         self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],
@@ -276,10 +277,18 @@ class TrainLoader:
     def batches_per_epoch(self, epoch: int) -> int:
         return len(self.sources[epoch % len(self.sources)]) // self.G
 
+    def _order(self, epoch: int) -> np.ndarray:
+        """epoch_order of training epoch `epoch`, memoised: a permutation of millions of rows takes ~0.1-1 s, far
+        too long to redo every step. The few most recent epochs are kept (the verifier looks one epoch ahead)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = epoch_order(self.seed, epoch, len(self.sources[epoch % len(self.sources)]))
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1} | {epoch: order}
+        return order
+
     def _my_rows(self, epoch: int, first: int, end: int) -> np.ndarray:
         """This rank's rows of global batches first..end-1 of training epoch `epoch`, shape (batches, G / world)."""
-        source = self.sources[epoch % len(self.sources)]
-        rows = epoch_order(self.seed, epoch, len(source))[first * self.G : end * self.G].reshape(-1, self.G)
+        rows = self._order(epoch)[first * self.G : end * self.G].reshape(-1, self.G)
         per_rank = self.G // self.world
         return rows[:, self.rank * per_rank : (self.rank + 1) * per_rank]
 
@@ -293,7 +302,7 @@ class TrainLoader:
     def make_step(self, epoch: int, index: int) -> StepData:
         """Build the StepData of global batch `index` of training epoch `epoch` for this rank (pure function)."""
         source = self.sources[epoch % len(self.sources)]
-        rows = epoch_order(self.seed, epoch, len(source))[index * self.G : (index + 1) * self.G]
+        rows = self._order(epoch)[index * self.G : (index + 1) * self.G]
         per_rank = self.G // self.world
         mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
         micro = []
