@@ -330,7 +330,7 @@ class Trainer:
             if self.step < cfg.max_steps:  # the first step's data: one extra all-reduce, once per run
                 flag = torch.tensor([float(self.loader.peek_error() is not None)], device=self.device)
                 self._stop_on_bad_data(float(self.all_reduce(flag).item()))
-            for data in self.loader:
+            for data in self.loader if self.step < cfg.max_steps else ():  # a finished run reads no data
                 if self.step >= cfg.max_steps:
                     break
                 row = self.train_step(data)

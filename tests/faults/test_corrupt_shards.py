@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -180,14 +181,48 @@ def test_a_swapped_valid_shard_needs_the_hash(capsys, trained, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_torchrun_rank_meeting_a_bad_row_stops_every_rank_at_once(tmp_path):
-    """Shards of one row each, so that exactly one rank reads each row. Rank 1's row at step 3 is bad (behind a
-    matching hash, so that it is found when its batch is built, mid-run): both ranks must stop after step 2,
-    each naming the shard, within seconds; checkpoint 1 stays the latest and loads."""
-    data = make_dataset(tmp_path / "ds", rows=16, mask_epochs=1, valid_rows=0, vocab_size=VOCAB, shards_per_epoch=16)
-    seed, batch = 5, 4
-    rank1_rows = epoch_order(seed, 0, 16)[2 * batch : 3 * batch][batch // 2 :]  # global batch 2 = step 3, rank 1
-    shard = data / "epoch-0" / f"part-{int(rank1_rows[0]):05d}.arrow"  # one row per shard: row r is shard r
+def test_damaged_validation_shard_is_named_before_the_first_step(capsys, trained, tmp_path):
+    """Evaluation's shards are checked too (hash, then every row) before training goes on."""
+    data, run_dir = copies(trained, tmp_path)
+    before = checkpoint_bytes(run_dir)
+    flip(data / "valid" / "part-00000.arrow", "input_ids", "values")
+    result = train_cli(capsys, "--data", data, "--out", run_dir, *TRAIN, "--max-steps", "6", "--resume")
+    assert_clean_error(result, str(data / "valid" / "part-00000.arrow"), "content hash differs")
+    assert_checkpoints_untouched(run_dir, before)
+
+
+def one_row_shards(root: Path, mask_epochs: int) -> Path:
+    """16 training rows in 16 shards: exactly one rank reads each row (and so each shard) in an epoch."""
+    return make_dataset(root, rows=16, mask_epochs=mask_epochs, valid_rows=0, vocab_size=VOCAB, shards_per_epoch=16)
+
+
+def rank1_shard(data: Path, global_batch: int) -> Path:
+    """The shard of rank 1's first row in global batch `global_batch` of epoch 0 (seed 5, 4 rows, 2 ranks)."""
+    row = epoch_order(5, 0, 16)[4 * global_batch : 4 * (global_batch + 1)][2]
+    return data / "epoch-0" / f"part-{int(row):05d}.arrow"
+
+
+def torchrun(data: Path, out: Path) -> tuple[subprocess.CompletedProcess, list[str], float]:
+    """A 2-rank CPU job, default flags; its result, the `error:` lines and the wall-clock time it ended."""
+    args = ["--data", data, "--out", out, *TINY_MODEL, "--global-batch-size", 4, "--micro-batch", 2, "--max-steps", 8,
+            "--log-every", 1, "--eval-every", 0, "--save-every", 1, "--seed", 5]  # fmt: skip
+    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "spanbert_train", *args], timeout=300)  # fmt: skip
+    ended = time.time()
+    assert done.returncode != 0, done.stderr[-3000:]
+    # No traceback from the ranks (torchrun itself reports the failed job with its own ChildFailedError traceback).
+    assert not any('File "' in line and "spanbert_" in line for line in done.stderr.splitlines()), done.stderr
+    lines = [line for line in done.stderr.splitlines() if "spanbert-train: error:" in line]
+    assert len(lines) == 2, done.stderr[-3000:]  # one line per rank, each naming the shard
+    assert sum(line.endswith("(found by rank 1)") for line in lines) == 1, lines  # rank 0 repeats rank 1's find
+    return done, lines, ended
+
+
+def test_torchrun_rank_meeting_a_bad_row_mid_run_stops_every_rank_at_once(tmp_path):
+    """Rank 1's row at step 3 is bad behind a matching hash, so it is found when that batch is built, mid-run:
+    both ranks agree in step 2's all-reduce and stop within seconds; checkpoint 1 stays the latest and loads."""
+    data = one_row_shards(tmp_path / "ds", mask_epochs=1)
+    shard = rank1_shard(data, 2)
     start, _ = buffer_span(shard, "mlm_labels", "values")
     raw = bytearray(shard.read_bytes())
     raw[start : start + 2] = np.uint16(65000).tobytes()
@@ -198,24 +233,25 @@ def test_torchrun_rank_meeting_a_bad_row_stops_every_rank_at_once(tmp_path):
     (data / "manifest.json").write_text(json.dumps(manifest))
 
     out = tmp_path / "run"
-    args = ["--data", data, "--out", out, *TINY_MODEL, "--global-batch-size", batch, "--micro-batch", "2",
-            "--max-steps", "8", "--log-every", "1", "--eval-every", "0", "--save-every", "1", "--seed", seed]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "spanbert_train", *args]  # fmt: skip
-    done = run(cmd, timeout=300)
-    ended = time.time()
-    assert done.returncode != 0, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if "spanbert-train: error:" in line]
-    assert len(lines) == 2, done.stderr[-3000:]  # one line per rank, both naming the shard and the row
+    _, lines, ended = torchrun(data, out)
     assert all(f"{shard}: row 0: mlm_labels[0] holds id 65000" in line for line in lines), lines
-    assert sum(line.endswith("(found by rank 1)") for line in lines) == 1
-    # No traceback from the ranks (torchrun itself reports the failed job with its own ChildFailedError traceback).
-    assert not any('File "' in line and "spanbert_" in line for line in done.stderr.splitlines()), done.stderr
-    # Both ranks agreed during step 2, so it was neither logged nor saved; checkpoint 1 is the latest and loads.
+    # Step 2 was agreed bad-next in its own all-reduce, so it was neither logged nor saved.
     assert [row["step"] for row in metrics_rows(out)] == [1]
     path, meta = latest_good(out, warn=lambda msg: pytest.fail(msg))
     assert meta["step"] == 1 and load_file(str(path / "model.safetensors"))
-    # Ended within seconds of the last good checkpoint (measured ~2-10 s here); a hang would wait for gloo's
-    # 30-minute timeout, and a rank killed by torchrun's teardown would not have printed its line.
+    # Ended within seconds of the last good checkpoint (2-10 s measured here, by load); a rank left waiting in a
+    # collective would wait for gloo's 30-minute timeout.
     last_write = max(p.stat().st_mtime for p in (out / "checkpoints").rglob("*"))
     assert ended - last_write < 60, ended - last_write
+
+
+def test_torchrun_rank_hashing_a_damaged_shard_stops_every_rank_before_the_first_step(tmp_path):
+    """Default flags: rank 1 hashes the shards it reads before their first row is used; one of its step-1 shards
+    has flipped bytes. Rank 0 never reads that shard (mask epoch 1 holds other files), yet both stop at once."""
+    data = one_row_shards(tmp_path / "ds", mask_epochs=2)
+    shard = rank1_shard(data, 0)
+    flip(shard, "input_ids", "values")
+    out = tmp_path / "run"
+    _, lines, _ = torchrun(data, out)
+    assert all(f"{shard}: content hash differs" in line for line in lines), lines
+    assert metrics_rows(out) == [] and not (out / "checkpoints").exists()
