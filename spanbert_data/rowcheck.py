@@ -44,6 +44,94 @@ def offsets_problem(name: str, offsets: np.ndarray, n_values: int) -> str | None
     return None
 
 
+# ------------------------------------------------------------------------------------- the fast pass
+# Run on every batch; says only whether any row breaks an invariant. Value ranges are min/max reductions over
+# whole columns and the ascending order of targets one pass over each flat list, which vectorise; the common
+# row of a single example then needs only its first and last target checked. `_scan` below, run only when
+# this pass fails, finds and describes the first bad row. Both are tested against a naive twin.
+@njit(cache=True, nogil=True)
+def _outside(values, vocab):
+    if values.shape[0] == 0:
+        return False
+    lo = hi = values[0]
+    for i in range(values.shape[0]):
+        lo = min(lo, values[i])
+        hi = max(hi, values[i])
+    return lo < 0 or hi >= vocab
+
+
+@njit(cache=True, nogil=True)
+def _not_ascending_within_rows(off, pos, rows):
+    """True if some row's targets fail to strictly ascend: every descent of the flat list must be at a row start."""
+    descents = 0
+    for i in range(off[0] + 1, off[rows]):
+        descents += np.int32(pos[i]) <= np.int32(pos[i - 1])
+    for r in range(1, rows):
+        if off[0] < off[r] < off[r + 1]:
+            descents -= np.int32(pos[off[r]]) <= np.int32(pos[off[r] - 1])
+    return descents != 0
+
+
+@njit(cache=True, nogil=True)
+def _any_bad(ids, vocab, ex_off, ex_len, mlm_off, mlm_pos, mlm_lab, sbo_off, sbo_pos, sbo_left, sbo_right, sbo_k,
+             sbo_lab):  # fmt: skip
+    rows, slots = ids.shape
+    if _outside(ids.ravel(), vocab) or _outside(mlm_lab, vocab) or _outside(sbo_lab, vocab):
+        return True
+    if sbo_k.shape[0] and sbo_k.max() > MAX_SBO_OFFSET:
+        return True
+    if _not_ascending_within_rows(mlm_off, mlm_pos, rows) or _not_ascending_within_rows(sbo_off, sbo_pos, rows):
+        return True
+    for r in range(rows):
+        e0, e1 = ex_off[r], ex_off[r + 1]
+        used = np.int32(0)
+        short = False
+        for j in range(e0, e1):
+            short |= ex_len[j] < 2
+            used += np.int32(ex_len[j])
+        if short or used > slots:
+            return True
+        lo, hi, slo, shi = mlm_off[r], mlm_off[r + 1], sbo_off[r], sbo_off[r + 1]
+        if e1 - e0 == 1:  # one example, slots 0..used-1: ascending targets need only their ends checked
+            if hi > lo and (mlm_pos[lo] < 1 or np.int32(mlm_pos[hi - 1]) >= used - 1):
+                return True
+            if shi > slo and (sbo_pos[slo] < 1 or np.int32(sbo_pos[shi - 1]) >= used - 1):
+                return True
+            bad = False
+            for i in range(slo, shi):
+                p, left, right = np.int32(sbo_pos[i]), np.int32(sbo_left[i]), np.int32(sbo_right[i])
+                bad |= (left < 1) | (left >= p) | (right <= p) | (right >= used - 1)
+            if bad:
+                return True
+            continue
+        # Several (or no) examples: walk them along the (ascending) targets.
+        if _walk_bad(lo, hi, mlm_pos, ex_len, e0, e1, sbo_left, sbo_right, False):
+            return True
+        if _walk_bad(slo, shi, sbo_pos, ex_len, e0, e1, sbo_left, sbo_right, True):
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _walk_bad(lo, hi, pos, ex_len, e0, e1, left, right, boundaries):
+    """True if a target pos[lo:hi] is not on a content slot of the examples ex_len[e0:e1] (laid out from slot 0),
+    or, with `boundaries`, if its left/right boundary is not a content slot of its example on its own side."""
+    j, start = e0, np.int32(0)
+    end = np.int32(ex_len[e0]) if e1 > e0 else np.int32(0)
+    for i in range(lo, hi):
+        p = np.int32(pos[i])
+        while p >= end and j < e1 - 1:
+            j += 1
+            start = end
+            end += np.int32(ex_len[j])
+        if p <= start or p >= end - 1:
+            return True
+        if boundaries and not (start < np.int32(left[i]) < p < np.int32(right[i]) < end - 1):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ the exact pass
 @njit(cache=True, nogil=True)
 def _put(found, row, code, item, a, b, c):
     found[0], found[1], found[2], found[3], found[4], found[5] = row, code, item, a, b, c
@@ -128,18 +216,20 @@ def _describe(code: int, item: int, a: int, b: int, c: int, vocab: int) -> str:
     }[code]
 
 
+def kernel_args(columns: dict, vocab_size: int) -> tuple:
+    """The kernels' arguments: input_ids, vocab, then offsets and values of the columns they read."""
+    c = columns
+    return (c["input_ids"], np.int64(vocab_size), *c["example_lengths"], *c["mlm_positions"], c["mlm_labels"][1],
+            *c["sbo_positions"], c["sbo_left"][1], c["sbo_right"][1], c["sbo_offsets"][1], c["sbo_labels"][1])
+
+
 def scan_rows(columns: dict, vocab_size: int) -> tuple[int, int, int, int, int, int] | None:
     """The kernel's raw finding for a batch of rows: (row, code, item, a, b, c) of the first problem, or None."""
-    c = columns
+    args = kernel_args(columns, vocab_size)
+    if not _any_bad(*args):
+        return None
     found = np.zeros(6, dtype=np.int64)
-    ex_off, ex_len = c["example_lengths"]
-    mlm_off, mlm_pos = c["mlm_positions"]
-    sbo_off, sbo_pos = c["sbo_positions"]
-    sbo_values = [c[name][1] for name in ("sbo_left", "sbo_right", "sbo_offsets", "sbo_labels")]
-    if _scan(c["input_ids"], np.int64(vocab_size), ex_off, ex_len, mlm_off, mlm_pos, c["mlm_labels"][1], sbo_off,
-             sbo_pos, *sbo_values, found):  # fmt: skip
-        return tuple(int(x) for x in found)
-    return None
+    return tuple(int(x) for x in found) if _scan(*args, found) else None
 
 
 def first_bad_row(columns: dict, vocab_size: int) -> tuple[int, str] | None:

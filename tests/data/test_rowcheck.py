@@ -77,19 +77,48 @@ def valid_columns(seed: int, rows: int = 6, row_len: int = 64, vocab: int = 300,
     return out
 
 
+def first_example_only(cols: dict) -> dict:
+    """The same rows cut to their first example (targets past it dropped): the common layout of Wikipedia rows."""
+    out = {"input_ids": cols["input_ids"].copy()}
+    ex_off, ex_len = cols["example_lengths"]
+    keep = {name: [] for name in LISTS}
+    for r in range(len(out["input_ids"])):
+        n = int(ex_len[ex_off[r]])
+        out["input_ids"][r, n:] = 0
+        keep["example_lengths"].append([n])
+        pos_off, pos = cols["mlm_positions"]
+        mine = [i for i in range(pos_off[r], pos_off[r + 1]) if pos[i] < n]
+        keep["mlm_positions"].append(pos[mine])
+        keep["mlm_labels"].append(cols["mlm_labels"][1][mine])
+        sbo_off, sbo = cols["sbo_positions"]
+        mine = [i for i in range(sbo_off[r], sbo_off[r + 1]) if sbo[i] < n]
+        for name in ("sbo_positions", "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels"):
+            keep[name].append(cols[name][1][mine])
+    for name, lists in keep.items():
+        off = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+        out[name] = (off, np.concatenate([np.asarray(x, dtype=cols[name][1].dtype) for x in lists]))
+    return out
+
+
 def test_valid_rows_pass(tmp_path):
     for seed in range(5):
         cols = valid_columns(seed)
-        assert scan_rows(cols, 300) is None and naive_scan(cols, 300) is None
+        for rows in (cols, first_example_only(cols)):
+            assert scan_rows(rows, 300) is None and naive_scan(rows, 300) is None
+            assert not rc._any_bad(*rc.kernel_args(rows, 300))
 
 
+@pytest.mark.parametrize("layout", ["packed", "one-example"])
 @pytest.mark.parametrize("id_dtype", [np.uint16, np.int32])
-def test_kernel_matches_the_naive_twin_on_damaged_rows(id_dtype):
-    """Each trial damages one value of one column (often into range, often not) and compares the first finding."""
+def test_kernel_matches_the_naive_twin_on_damaged_rows(id_dtype, layout):
+    """Each trial damages one value of one column (often into range, often not) and compares the first finding,
+    on rows packed with several examples and on rows of one example (the fast pass treats those apart)."""
     rng = np.random.default_rng(7)
     found_kinds = set()
     for trial in range(400):
         cols = valid_columns(trial % 7, id_dtype=id_dtype)
+        if layout == "one-example":
+            cols = first_example_only(cols)
         name = ["input_ids", *LISTS][trial % 9]
         values = cols[name] if name == "input_ids" else cols[name][1]
         flat = values.reshape(-1)
@@ -101,6 +130,7 @@ def test_kernel_matches_the_naive_twin_on_damaged_rows(id_dtype):
         new = [old + 1, old - 1, int(rng.integers(0, 70)), int(rng.integers(info.min, info.max))][rng.integers(4)]
         flat[i] = np.clip(new, info.min, info.max)
         want = naive_scan(cols, 300)
+        assert rc._any_bad(*rc.kernel_args(cols, 300)) == (want is not None), (trial, name, i)  # the fast pass
         assert scan_rows(cols, 300) == want, (trial, name, i)
         if want:
             found_kinds.add(want[1])
