@@ -26,6 +26,7 @@ from spanbert_data.packing import record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
 from spanbert_data.shards import DatasetError, HashCheck, load_manifest, resolve_inside
 from spanbert_train.config import ConfigError
+from spanbert_train.verify_ahead import VerifyAhead
 
 LIST_COLUMNS = (
     "example_lengths", "mlm_positions", "mlm_labels", "sbo_positions",
@@ -268,8 +269,6 @@ class TrainLoader:
         self._thread: threading.Thread | None = None
         self._pending = None  # the next queue item, taken early by peek_error()
         self._orders: dict[int, np.ndarray] = {}  # training epoch -> its row order (see _order)
-        from spanbert_train.verify_ahead import VerifyAhead
-
         self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],
                                     RowSource(dataset.valid) if dataset.valid else None,
                                     self.shards_in_order_of_use, self.position, self._stop)  # fmt: skip

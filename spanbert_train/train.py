@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from spanbert_data.shards import DatasetError
+from spanbert_train.agree import raise_on_every_rank
 from spanbert_train.checkpoint import (
     CheckpointError,
     latest_good,
@@ -389,22 +389,9 @@ class Trainer:
         return self.step + 1 < self.cfg.max_steps and self.loader.peek_error() is not None
 
     def _stop_on_bad_data(self, votes: float) -> None:
-        """Stop every rank together when any rank's next data is bad. The votes come from the step's all-reduce,
-        so all ranks decide at the same step and none is left waiting in a collective. Nothing is saved: the
-        latest good checkpoint stays as it is. The rank that found the problem raises its own error; the others
-        raise it too, tagged with that rank, so that every rank's log names the shard."""
-        if votes == 0:
-            return
-        mine = self.loader.peek_error()
-        report = None if mine is None else (isinstance(mine, DatasetError), str(mine))
-        found = [report]
-        if self.dist.world > 1:
-            found = [None] * self.dist.world
-            dist.all_gather_object(found, report)
-        if mine is not None:
-            raise mine
-        rank, (is_data, text) = next((r, f) for r, f in enumerate(found) if f is not None)
-        raise (DatasetError if is_data else TrainingError)(f"{text} (found by rank {rank})")
+        """When any rank voted that its next data is bad, all ranks raise now, together; nothing is saved."""
+        if votes:
+            raise_on_every_rank(self.loader.peek_error(), self.dist.world)
 
     def request_stop(self) -> None:
         """Ask for a clean stop: the step in flight (or the next one) finishes, a checkpoint is saved, run() returns.
