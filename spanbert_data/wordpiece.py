@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from spanbert_data.wordpiece_tables import (
     ISOLATE,
+    PUNCT,
     REMOVED,
     ROUTE,
     SEQ_BASE,
@@ -133,6 +134,36 @@ def _put_utf8(word, wlen, cp):
     return wlen + 4
 
 
+@njit(cache=True, inline="always")
+def _next_code(buf, i, ascii_codes, block_index, blocks):
+    """(code point, its code, next position) of the valid UTF-8 (the bytes of a Python str) at buf[i]."""
+    b = buf[i]
+    if b < 0x80:
+        return np.int64(b), ascii_codes[b], i + 1
+    if b < 0xE0:
+        cp = (np.int64(b & 0x1F) << 6) | (buf[i + 1] & 0x3F)
+        n = 2
+    elif b < 0xF0:
+        cp = (np.int64(b & 0x0F) << 12) | (np.int64(buf[i + 1] & 0x3F) << 6) | (buf[i + 2] & 0x3F)
+        n = 3
+    else:
+        cp = ((np.int64(b & 0x07) << 18) | (np.int64(buf[i + 1] & 0x3F) << 12)
+              | (np.int64(buf[i + 2] & 0x3F) << 6) | (buf[i + 3] & 0x3F))  # fmt: skip
+        n = 4
+    return cp, blocks[block_index[cp >> 8] * 256 + (cp & 255)], i + n
+
+
+@njit(cache=True, inline="always")
+def _item(code, cp, pool, p, k):
+    """(class, code point) of the k-th item of a SPACE, ISOLATE or sequence code."""
+    if code == SPACE:
+        return SPACE_CLASS, np.int64(0)
+    if code == ISOLATE:
+        return PUNCT, cp
+    item = pool[p + 1 + k]
+    return item & 3, np.int64(item >> 2)
+
+
 @njit(cache=True)
 def _encode_range(buf, starts, ends, lo, hi, tables, trie, out, pos, counts, routed, word):
     """Encode lines lo..hi-1 (byte ranges starts..ends of buf) into out[pos:]; returns the end position.
@@ -148,23 +179,7 @@ def _encode_range(buf, starts, ends, lo, hi, tables, trie, out, pos, counts, rou
         wchars = 0
         route = False
         while i < end:
-            b = buf[i]
-            if b < 0x80:
-                cp = np.int64(b)
-                code = ascii_codes[b]
-                i += 1
-            else:  # valid UTF-8 (the bytes of a Python str)
-                if b < 0xE0:
-                    cp = (np.int64(b & 0x1F) << 6) | (buf[i + 1] & 0x3F)
-                    i += 2
-                elif b < 0xF0:
-                    cp = (np.int64(b & 0x0F) << 12) | (np.int64(buf[i + 1] & 0x3F) << 6) | (buf[i + 2] & 0x3F)
-                    i += 3
-                else:
-                    cp = ((np.int64(b & 0x07) << 18) | (np.int64(buf[i + 1] & 0x3F) << 12)
-                          | (np.int64(buf[i + 2] & 0x3F) << 6) | (buf[i + 3] & 0x3F))  # fmt: skip
-                    i += 4
-                code = blocks[block_index[cp >> 8] * 256 + (cp & 255)]
+            cp, code, i = _next_code(buf, i, ascii_codes, block_index, blocks)
             if code >= 0:  # a word character
                 if wchars < max_chars:
                     wlen = _put_utf8(word, wlen, code)
@@ -182,16 +197,7 @@ def _encode_range(buf, starts, ends, lo, hi, tables, trie, out, pos, counts, rou
                 p = -code - SEQ_BASE
                 n_items = pool[p]
             for k in range(n_items):
-                if code == SPACE:
-                    cls = SPACE_CLASS
-                    d = 0
-                elif code == ISOLATE:
-                    cls = 2
-                    d = cp
-                else:
-                    item = pool[p + 1 + k]
-                    cls = item & 3
-                    d = np.int64(item >> 2)
+                cls, d = _item(code, cp, pool, p, k)
                 if cls == WORD:
                     if wchars < max_chars:
                         wlen = _put_utf8(word, wlen, d)
@@ -249,6 +255,20 @@ def line_bytes(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return buf, starts, ends
 
 
+def plan_chunks(starts, ends, threads: int | None, per_byte: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lines cut into chunks of about equal bytes for Numba's threads: (first line of each chunk + the
+    end, start of each chunk's output region + the end), a region holding per_byte x its bytes."""
+    if threads is not None:  # numba's setting is per calling thread
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    n = len(starts)
+    sizes = ends - starts + 1
+    n_chunks = max(1, min(n, 4 * numba.get_num_threads() if n >= 4096 else 1))
+    bounds = np.searchsorted(np.cumsum(sizes), np.linspace(0, int(sizes.sum()), n_chunks + 1)[1:-1])
+    chunk_lines = np.unique(np.concatenate([[0], bounds, [n]])).astype(np.int64)
+    cap = np.ceil(np.add.reduceat(sizes, chunk_lines[:-1]) * per_byte).astype(np.int64) + 1
+    return chunk_lines, np.concatenate([[0], np.cumsum(cap)]).astype(np.int64)
+
+
 class FastWordPiece:
     """The compiled encoder for one `tokenizers.Tokenizer`; raises UnsupportedTokenizer when it cannot be exact."""
 
@@ -283,15 +303,7 @@ class FastWordPiece:
         n = len(lines)
         if n == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        if threads is not None:  # numba's setting is per calling thread
-            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        threads = numba.get_num_threads()
-        sizes = ends - starts + 1
-        n_chunks = max(1, min(n, 4 * threads if n >= 4096 else 1))
-        bounds = np.searchsorted(np.cumsum(sizes), np.linspace(0, int(sizes.sum()), n_chunks + 1)[1:-1])
-        chunk_lines = np.unique(np.concatenate([[0], bounds, [n]])).astype(np.int64)
-        cap = np.ceil(np.add.reduceat(sizes, chunk_lines[:-1]) * self.chars.tokens_per_byte).astype(np.int64) + 1
-        chunk_out = np.concatenate([[0], np.cumsum(cap)]).astype(np.int64)
+        chunk_lines, chunk_out = plan_chunks(starts, ends, threads, self.chars.tokens_per_byte)
         out = np.empty(int(chunk_out[-1]), dtype=np.int32)
         counts = np.zeros(n, dtype=np.int64)
         routed = np.zeros(n, dtype=np.uint8)

@@ -68,12 +68,9 @@ def unsupported_reason(spec: dict) -> str | None:
     model = spec.get("model") or {}
     if model.get("type") != "WordPiece":
         return f"model {model.get('type')!r} is not WordPiece"
-    norm = spec.get("normalizer")
-    if norm is not None and norm.get("type") != "BertNormalizer":
-        return f"normalizer {norm.get('type')!r} is not BertNormalizer"
-    pre = spec.get("pre_tokenizer")
-    if pre is None or pre.get("type") != "BertPreTokenizer":
-        return f"pre-tokenizer {None if pre is None else pre.get('type')!r} is not BertPreTokenizer"
+    reason = pipeline_reason(spec)
+    if reason is not None:
+        return reason
     plain = [t["content"] for t in spec.get("added_tokens") or [] if not t.get("special")]
     if plain:
         return f"{len(plain)} added non-special token(s) such as {plain[0]!r}"
@@ -81,6 +78,17 @@ def unsupported_reason(spec: dict) -> str | None:
         return f"the unknown token {model.get('unk_token')!r} is not in the vocabulary"
     if not 0 <= int(model.get("max_input_chars_per_word", 100)) <= 1 << 16:
         return "max_input_chars_per_word is above 65536"
+    return None
+
+
+def pipeline_reason(spec: dict) -> str | None:
+    """Why the tables cannot reproduce a tokenizer.json's normaliser + pre-tokenizer, or None when they can."""
+    norm = spec.get("normalizer")
+    if norm is not None and norm.get("type") != "BertNormalizer":
+        return f"normalizer {norm.get('type')!r} is not BertNormalizer"
+    pre = spec.get("pre_tokenizer")
+    if pre is None or pre.get("type") != "BertPreTokenizer":
+        return f"pre-tokenizer {None if pre is None else pre.get('type')!r} is not BertPreTokenizer"
     return None
 
 
