@@ -33,6 +33,7 @@ SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"
 # Lines per internal `encode_batch_fast` call: large enough to keep every Rayon thread busy, small
 # enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
 _ENCODE_CHUNK_LINES = 8192
+_FAST_CHUNK_LINES = 1 << 16  # the compiled encoder's batch: a few MB of text, all threads busy
 
 # "auto": the compiled encoder where it reproduces the tokenizer exactly, else `tokenizers`;
 # "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
@@ -161,6 +162,10 @@ class WordPieceTokenizer:
 
         if self._fast is None:
             self._fast = FastWordPiece(self._tok)
+        if len(lines) > _FAST_CHUNK_LINES:  # bounded buffers for any input size
+            step = _FAST_CHUNK_LINES
+            parts = [self._encode_fast(lines[i : i + step]) for i in range(0, len(lines), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         try:
             flat, lens, left = self._fast.encode(lines, threads=_threads)
         except UnicodeEncodeError:  # a lone surrogate: tokenizers gives its own answer (an error)

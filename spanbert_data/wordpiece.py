@@ -193,7 +193,7 @@ def _encode_range(buf, starts, ends, lo, hi, tables, trie, out, pos, counts, rou
             # SPACE, ISOLATE or a sequence: each ends the current word
             n_items = 1
             p = 0
-            if code < -SEQ_BASE + 1:
+            if code <= -SEQ_BASE:
                 p = -code - SEQ_BASE
                 n_items = pool[p]
             for k in range(n_items):
@@ -308,9 +308,8 @@ class FastWordPiece:
         counts = np.zeros(n, dtype=np.int64)
         routed = np.zeros(n, dtype=np.uint8)
         chunk_end = np.zeros(len(chunk_lines) - 1, dtype=np.int64)
-        if n:
-            _encode_chunks(buf, starts, ends, chunk_lines, chunk_out, self._tables, self._trie, out, counts, routed,
-                           chunk_end, 4 * self.max_chars + 8)  # fmt: skip
+        _encode_chunks(buf, starts, ends, chunk_lines, chunk_out, self._tables, self._trie, out, counts, routed,
+                       chunk_end, 4 * self.max_chars + 8)  # fmt: skip
         parts = [out[a:b] for a, b in zip(chunk_out[:-1], chunk_end, strict=True)]
         ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return ids, counts, np.flatnonzero(routed)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 WORD, SPACE_CLASS, PUNCT = 0, 1, 2  # pre-tokenizer classes of a normalised character
 REMOVED, SPACE, ISOLATE, ROUTE = -1, -2, -3, -4
 SEQ_BASE = 16
@@ -124,26 +124,41 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spanbert"
 
 
+_ARRAYS = ("block_index", "blocks", "pool", "ascii")
+
+
+def _digest(t: CharTables) -> str:
+    h = hashlib.sha256()
+    for name in _ARRAYS:
+        h.update(np.ascontiguousarray(getattr(t, name), dtype=np.int32).tobytes())
+    h.update(repr((t.tokens_per_byte, t.routed)).encode())
+    return h.hexdigest()
+
+
 def _load(path: Path) -> CharTables | None:
+    """The cached tables, or None when absent or not intact (then they are probed again)."""
     try:
-        with np.load(path) as z:
-            return CharTables(
-                block_index=z["block_index"], blocks=z["blocks"], pool=z["pool"], ascii=z["ascii"],
-                tokens_per_byte=float(z["tokens_per_byte"]), routed=int(z["routed"]),
-            )  # fmt: skip
-    except (OSError, KeyError, ValueError):
+        with np.load(path, allow_pickle=False) as z:
+            t = CharTables(**{name: z[name] for name in _ARRAYS}, tokens_per_byte=float(z["tokens_per_byte"]),
+                           routed=int(z["routed"]))  # fmt: skip
+            digest = str(z["digest"])
+    except Exception:  # noqa: BLE001 -- a damaged cache file of any kind only costs a new probe
         return None
+    shapes = t.block_index.shape == (N_CODEPOINTS >> 8,) and t.blocks.size % 256 == 0 and t.ascii.shape == (128,)
+    in_range = shapes and 0 <= t.block_index.min() and t.block_index.max() < t.blocks.size // 256
+    intact = in_range and _digest(t) == digest
+    return t if intact else None
 
 
 def _save(path: Path, t: CharTables) -> None:
-    """Best effort: an unwritable cache only costs the probing again next time."""
+    """Best effort, atomic (temp file + rename): an unwritable cache only costs the probing again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, block_index=t.block_index, blocks=t.blocks, pool=t.pool, ascii=t.ascii,
-                     tokens_per_byte=t.tokens_per_byte, routed=t.routed)  # fmt: skip
+            np.savez(f, **{name: getattr(t, name) for name in _ARRAYS}, tokens_per_byte=t.tokens_per_byte,
+                     routed=t.routed, digest=_digest(t))  # fmt: skip
         os.replace(tmp, path)
     except OSError:
         pass

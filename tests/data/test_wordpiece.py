@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, normalizers
 
+from spanbert_data import wordpiece_tables
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
 from spanbert_data.tokenizer import TokenizerError, WordPieceTokenizer, load_tokenizer, train_wordpiece
-from spanbert_data.wordpiece import FastWordPiece, UnsupportedTokenizer, _build_trie, _wordpiece, line_bytes
-from spanbert_data.wordpiece_tables import ROUTE
+from spanbert_data.wordpiece import FastWordPiece, UnsupportedTokenizer, _build_trie, _child, _wordpiece, line_bytes
+from spanbert_data.wordpiece_tables import ROUTE, char_tables
 from spanbert_data.wordsplit import WordSplitter
 from tests.data.wordpiece_strings import generate
 
@@ -175,6 +176,22 @@ def test_thread_count_does_not_change_ids(uncased):
         np.testing.assert_array_equal(a, b)
 
 
+def test_table_cache_is_written_and_checked(uncased, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPANBERT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(wordpiece_tables, "_MEMO", {})
+    first = char_tables(uncased._tok, json.loads(uncased.to_json()))  # probes tokenizers, writes the cache
+    [path] = tmp_path.glob("wordpiece-chars-*.npz")
+    np.testing.assert_array_equal(wordpiece_tables._load(path).blocks, first.blocks)
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["blocks"][ord("a")] += 1  # a changed code under the old digest: not used
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    assert wordpiece_tables._load(path) is None
+    path.write_bytes(b"not a cache file")
+    assert wordpiece_tables._load(path) is None
+
+
 # ------------------------------------------------------------------------------------------------ kernels
 def naive_wordpiece(word: str, vocab: dict[str, int], unk: int, prefix: str = "##") -> list[int]:
     """tokenizers' models/wordpiece algorithm, literally: shrink the end one character at a time."""
@@ -202,8 +219,6 @@ def test_wordpiece_kernel_matches_naive_twin():
     keys, vals, term = _build_trie(tok_bytes, tok_off, np.arange(len(vocab), dtype=np.int32), 10)
     cont = 0
     for byte in b"##":
-        from spanbert_data.wordpiece import _child
-
         cont = _child(keys, vals, np.int64(1023), cont, byte)
     rng = np.random.default_rng(0)
     alphabet = ["a", "b", "c", "é", "中", "u", "n", "f", "l", "e", "#"]
