@@ -49,7 +49,8 @@ class TokenizerError(Exception):
 
 
 def set_tokenizer_threads(n: int) -> None:
-    """Use n threads for batch encoding in this process (sets `RAYON_NUM_THREADS`).
+    """Use n threads for batch encoding in this process (sets `RAYON_NUM_THREADS`, and the number of
+    Numba threads the compiled encoder uses).
 
     Must run before the first batch encode of the process: Rayon reads the variable once, when it
     builds its global pool. Raises RuntimeError if this module has already encoded.
