@@ -64,6 +64,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
         log(f"{out}: build already complete ({manifest['blocks']} blocks); nothing to do")
         return manifest
     tokenizer = _ensure_tokenizer(cfg, out, files, root, log)
+    tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
@@ -72,6 +73,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
 
+    log(tokenizer.encoder_note)
     markers = _pass1(cfg, out, root, units, log)
     corpus = listing
     for m in markers:
@@ -182,18 +184,21 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path
 
 
 # ----------------------------------------------------------------------------------------------- workers
-_WORKER_TOKENIZER: WordPieceTokenizer | None = None
+_WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
 
 
 def _init_worker(threads: int) -> None:
     set_tokenizer_threads(threads)
 
 
-def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int) -> dict:
+def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
-    if _WORKER_TOKENIZER is None:
-        _WORKER_TOKENIZER = load_tokenizer(out / TOKENIZER_FILE)
-    return build_unit(out, root, unit, _WORKER_TOKENIZER, max_content)
+    data = (out / TOKENIZER_FILE).read_bytes()
+    # Reused across tasks of one process, but only for the same file and encoder: an in-process build
+    # (--workers 1) may follow another build with another tokenizer.
+    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
+        _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
+    return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
 
 
 def _run(tasks: list[tuple], fn, workers: int, on_done) -> None:
@@ -218,7 +223,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], log) -> l
         if unit_is_complete(out, unit, marker):
             markers[unit.index] = marker
         else:
-            todo.append((out, root, unit, cfg.max_content))
+            todo.append((out, root, unit, cfg.max_content, cfg.encoder))
     if markers:
         log(f"pass 1: {len(markers)} of {len(units)} units already done, resuming")
     progress = Progress("pass 1 (tokenize)", total=sum(t[2].bytes for t in todo), unit="B", log=log)

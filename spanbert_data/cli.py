@@ -49,6 +49,9 @@ def main():
               help="HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus).")
 @click.option("--vocab-size", default=28996, show_default=True, help="Vocabulary size when training one.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (output bytes never depend on it).")
+@click.option("--encoder", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
+              help="Token ids from the compiled WordPiece encoder (fast; auto = where it applies) or from HF "
+                   "tokenizers (hf); the ids, so the output bytes, never depend on it.")
 @click.option("--max-seq-len", default=512, show_default=True, help="Slots per training row.")
 @click.option("--seed", default=12345, show_default=True, help="Seed of the masks and of the held-out split.")
 @click.option("--mask-epochs", default=1, show_default=True, help="Different maskings of every block to write.")
@@ -63,7 +66,7 @@ def main():
 @click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
               help="Distribution of the 10% random replacements.")
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, workers, max_seq_len, seed, mask_epochs, valid_fraction,
+def build(corpus, out, tokenizer, vocab_size, workers, encoder, max_seq_len, seed, mask_epochs, valid_fraction,
           rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words, replacement):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     from spanbert_data.build import build_dataset
@@ -73,6 +76,7 @@ def build(corpus, out, tokenizer, vocab_size, workers, max_seq_len, seed, mask_e
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
     cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, workers=workers,
+                      encoder=encoder,
                       max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
                       rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * (1 << 20)),
                       masking=masking)  # fmt: skip
