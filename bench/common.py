@@ -1,4 +1,4 @@
-"""Shared by the bench scripts: machine description and result files (bench/results/NAME.json)."""
+"""Shared by the bench scripts: machine description, device peaks and result files (bench/results/NAME.json)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,61 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# Datasheet figures, first match on the CUDA device name wins (docs/PERFORMANCE.md §1). Dense (no 2:4 sparsity)
+# bf16 tensor-core FLOP/s, and HBM bytes/s.
+PEAK_BF16 = (("H100", "PCIe", 756e12), ("H100", "NVL", 835e12), ("H100", "", 989e12), ("H200", "", 989e12),
+             ("A100", "", 312e12))  # fmt: skip
+PEAK_HBM = (("H100", "PCIe", 2.0e12), ("H100", "NVL", 3.9e12), ("H100", "", 3.35e12), ("H200", "", 4.8e12),
+            ("A100", "40GB", 1.555e12), ("A100", "80GB PCIe", 1.935e12), ("A100", "", 2.039e12))  # fmt: skip
+
+
+def _lookup(table, name: str) -> float | None:
+    return next((peak for chip, variant, peak in table if chip in name and variant in name), None)
+
+
+def peak_flops(name: str) -> float | None:
+    """Dense bf16 FLOP/s of the named CUDA device, or None when unknown (then no MFU is reported)."""
+    return _lookup(PEAK_BF16, name)
+
+
+def peak_bandwidth(name: str) -> float | None:
+    """HBM bytes/s of the named CUDA device from its datasheet, or None when unknown."""
+    return _lookup(PEAK_HBM, name)
+
+
+def measure_ceilings(repeats: int = 10) -> dict:
+    """What this CUDA device really reaches: a 2 GiB device-to-device copy (bytes read + written per second)
+    and an 8192^3 bf16 matrix product on random data (FLOP/s), medians after warm-up; ~1 s."""
+    import torch
+
+    def median_seconds(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return sorted(times)[len(times) // 2]
+
+    def copy_seconds() -> float:
+        src = torch.randn(2**29, device="cuda", dtype=torch.float32)  # 2 GiB
+        dst = torch.empty_like(src)
+        return median_seconds(lambda: dst.copy_(src))
+
+    def matmul_seconds(n: int) -> float:
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        return median_seconds(lambda: a @ b)
+
+    n = 8192
+    copy_s, mm_s = copy_seconds(), matmul_seconds(n)
+    torch.cuda.empty_cache()
+    return {"copy_bytes_per_s": 2 * 2**31 / copy_s, "bf16_matmul_flops": 2 * n**3 / mm_s,
+            "how": "median of 10 after 3 warm-ups: 2 GiB fp32 copy (read + write), 8192^3 bf16 matmul, random data"}
 
 
 def machine_info() -> dict:
@@ -40,11 +95,16 @@ def machine_info() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
+def write_json(path: Path, payload: dict) -> Path:
+    """Write ``payload`` as JSON atomically (temp file + rename), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_result(name: str, payload: dict, out_dir: str | Path | None = None) -> Path:
+    """``out_dir``/NAME.json (default bench/results/), stamped with the bench name and date."""
+    payload = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
+    return write_json((Path(out_dir) if out_dir else RESULTS) / f"{name}.json", payload)

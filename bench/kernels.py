@@ -8,10 +8,14 @@ at BERT-large shapes (SPEC §5): 16k tokens x H 1024 / FFN 4096 for the elementw
 28,996-entry vocab for the decoder cross-entropy, bf16 on CUDA. The throughput column uses one work model
 per op for every implementation: bytes a fused pass must move (GB/s) or GEMM FLOPs (TFLOP/s).
 
+On CUDA each throughput is also given as a fraction of the device's datasheet peak (HBM bandwidth for GB/s,
+dense bf16 for TFLOP/s) and of the ceilings measured in the same run (a large copy, an 8192^3 bf16 matmul).
+
     .venv/bin/python bench/kernels.py            # full shapes (meant for a GPU)
     .venv/bin/python bench/kernels.py --quick    # small shapes, fp32; the only mode to run on a shared CPU
 
-Prints a table and writes bench/results/kernels.json.
+Prints a table and writes bench/results/kernels.json (--out-dir elsewhere), rewritten after every row so that
+a run stopped half-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
+from common import machine_info, measure_ceilings, peak_bandwidth, peak_flops, write_result  # noqa: E402
 
 from spanbert_train.kernels import get_ops  # noqa: E402
 
@@ -102,7 +106,7 @@ def bench_one(fn, inputs, kwargs, repeats: int, warmup: int, device: str) -> dic
         for _ in range(warmup):
             call()
         times = sorted(measure(call) for _ in range(repeats))
-        q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+        q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
         result[name] = {"median_s": statistics.median(times), "p20_s": q[0], "p80_s": q[3]}
     return result
 
@@ -112,6 +116,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes (CPU-friendly)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 20, quick 5)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--out-dir", type=Path, help="where kernels.json goes (default bench/results)")
     args = ap.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,57 +133,80 @@ def main() -> None:
     else:
         skipped["triton"] = "skipped: no CUDA"
     cases = make_cases(shapes, dtype, device)
-
-    rows = []
-    print(f"device={device} dtype={str(dtype).removeprefix('torch.')} shapes={shapes}")
-    print(f"{'op':28s} {'impl':10s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'p20-p80 ms':>15s} {'throughput':>18s}")
-    for op, (inputs, kwargs, work, unit) in cases.items():
-        peers = {name: getattr(ops, op) for name, ops in impls.items()}
-        if not args.no_compile:
-            peers["compile"] = torch.compile(getattr(impls["reference"], op), dynamic=False)
-        base = None
-        for name, fn in peers.items():
-            try:
-                res = bench_one(fn, inputs, kwargs, repeats, warmup, device)
-            except Exception as err:  # a failing peer (e.g. no C++ compiler for inductor) is reported, not fatal
-                rows.append({"op": op, "impl": name, "error": f"{type(err).__name__}: {err}"[:300]})
-                print(f"{op:28s} {name:10s} failed: {rows[-1]['error'][:80]}")
-                continue
-            med = res["fwd_bwd"]["median_s"]
-            scale = 1e9 if unit == "GB/s" else 1e12
-            if name == "reference":
-                base = med
-            row = {"op": op, "impl": name, **res, "throughput": work / med / scale, "unit": unit}
-            row["speedup_vs_reference"] = base / med if base else None
-            rows.append(row)
-            spread = f"{res['fwd_bwd']['p20_s'] * 1e3:.3f}-{res['fwd_bwd']['p80_s'] * 1e3:.3f}"
-            print(
-                f"{op:28s} {name:10s} {res['fwd']['median_s'] * 1e3:9.3f} {med * 1e3:11.3f} {spread:>15s} "
-                f"{row['throughput']:10.2f} {unit:7s}"
-            )
-        for name, why in skipped.items():
-            rows.append({"op": op, "impl": name, "skipped": why})
-            print(f"{op:28s} {name:10s} {why}")
-
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peaks = {"GB/s": peak_bandwidth(name), "TFLOP/s": peak_flops(name)} if device == "cuda" else {}
+    measured = measure_ceilings() if device == "cuda" else None
+    ceilings = {"GB/s": measured["copy_bytes_per_s"], "TFLOP/s": measured["bf16_matmul_flops"]} if measured else {}
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    path = write_result(
-        "kernels",
-        {
-            "machine": {**machine_info(), "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"},
-            "triton": triton_version,
-            "quick": args.quick,
-            "dtype": str(dtype),
-            "shapes": shapes,
-            "repeats": repeats,
-            "rows": rows,
-        },
-    )
-    print(f"wrote {path}")
+    rows = []
+
+    def save() -> Path:
+        return write_result(
+            "kernels",
+            {
+                "machine": {**machine_info(), "device_name": name},
+                "triton": triton_version,
+                "quick": args.quick,
+                "dtype": str(dtype),
+                "shapes": shapes,
+                "repeats": repeats,
+                "datasheet_peaks": {"hbm_bytes_per_s": peaks.get("GB/s"), "bf16_flops": peaks.get("TFLOP/s")},
+                "measured_ceilings": measured,
+                "rows": rows,
+            },
+            args.out_dir,
+        )
+
+    print(f"device={name} dtype={str(dtype).removeprefix('torch.')} shapes={shapes}")
+    if measured:
+        print(f"measured ceilings: copy {measured['copy_bytes_per_s'] / 1e9:,.0f} GB/s, "
+              f"bf16 matmul {measured['bf16_matmul_flops'] / 1e12:,.0f} TFLOP/s")  # fmt: skip
+    print(f"{'op':28s} {'impl':10s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'p20-p80 ms':>15s} {'throughput':>18s} "
+          f"{'of peak':>8s} {'of measured':>11s}")  # fmt: skip
+    base: dict[str, float] = {}
+
+    def measure(op: str, impl: str, fn) -> None:
+        inputs, kwargs, work, unit = cases[op]
+        try:
+            res = bench_one(fn, inputs, kwargs, repeats, warmup, device)
+        except Exception as err:  # a failing peer (e.g. no C++ compiler for inductor) is reported, not fatal
+            rows.append({"op": op, "impl": impl, "error": f"{type(err).__name__}: {err}"[:300]})
+            print(f"{op:28s} {impl:10s} failed: {rows[-1]['error'][:80]}")
+            save()
+            return
+        med = res["fwd_bwd"]["median_s"]
+        scale = 1e9 if unit == "GB/s" else 1e12
+        if impl == "reference":
+            base[op] = med
+        row = {"op": op, "impl": impl, **res, "throughput": work / med / scale, "unit": unit}
+        row["speedup_vs_reference"] = base[op] / med if op in base else None
+        row["fraction_of_peak"] = work / med / peaks[unit] if peaks.get(unit) else None
+        row["fraction_of_measured"] = work / med / ceilings[unit] if ceilings.get(unit) else None
+        rows.append(row)
+        save()
+        spread = f"{res['fwd_bwd']['p20_s'] * 1e3:.3f}-{res['fwd_bwd']['p80_s'] * 1e3:.3f}"
+        of_peak = f"{row['fraction_of_peak']:.0%}" if row["fraction_of_peak"] is not None else "-"
+        of_measured = f"{row['fraction_of_measured']:.0%}" if row["fraction_of_measured"] is not None else "-"
+        print(
+            f"{op:28s} {impl:10s} {res['fwd']['median_s'] * 1e3:9.3f} {med * 1e3:11.3f} {spread:>15s} "
+            f"{row['throughput']:10.2f} {unit:7s} {of_peak:>8s} {of_measured:>11s}"
+        )
+
+    for op in cases:
+        for impl, ops in impls.items():
+            measure(op, impl, getattr(ops, op))
+        for impl, why in skipped.items():
+            rows.append({"op": op, "impl": impl, "skipped": why})
+            print(f"{op:28s} {impl:10s} {why}")
+    if not args.no_compile:  # last: compiling is the slow part, and a run cut short keeps the rows above
+        for op in cases:
+            measure(op, "compile", torch.compile(getattr(impls["reference"], op), dynamic=False))
+    print(f"wrote {save()}")
 
 
 if __name__ == "__main__":

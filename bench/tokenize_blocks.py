@@ -4,7 +4,10 @@ against the plain tokenizer on the same text.
 The tokenizer is the data pipeline's physical limit (DESIGN.md): this measures how much of its speed
 our pass 1 keeps. Both sides use the same tokenizer object settings and thread count, in one run.
 
-    .venv/bin/python bench/tokenize_blocks.py [--mb 20] [--repeats 3]
+    .venv/bin/python bench/tokenize_blocks.py [--mb 20] [--repeats 3] [--encoder hf]
+
+`--encoder hf` (the default here) keeps this a measure of pass 1's overhead over `tokenizers`;
+bench/wordpiece.py compares the compiled encoder (`--encoder fast`, the build's default) with it.
 
 Prints a table and writes bench/results/tokenize_blocks.json.
 """
@@ -45,6 +48,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=20.0, help="size of the text, MB (>= 20 for the claim)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokenizer", default=str(REPO / "tests/assets/bert-uncased-tokenizer.json"))
+    ap.add_argument("--encoder", choices=["auto", "fast", "hf"], default="hf", help="pass 1's and the build's encoder")
     args = ap.parse_args()
 
     docs = corpus_text(args.mb)
@@ -55,7 +59,7 @@ def main() -> None:
         (tmp / "corpus" / "wiki.txt").write_text(text)
         nbytes = len(text.encode())
         lines = [line for d in docs for line in d]
-        tok = load_tokenizer(args.tokenizer)
+        tok = load_tokenizer(args.tokenizer, encoder=args.encoder)
         raw = tok._tok  # the same tokenizers.Tokenizer object our pass 1 uses
 
         def plain(method):
@@ -77,7 +81,7 @@ def main() -> None:
 
         def full_build():
             out = tmp / f"build-{next(runs)}"
-            cfg = BuildConfig(corpus=tmp / "corpus", out=out, tokenizer=Path(args.tokenizer))
+            cfg = BuildConfig(corpus=tmp / "corpus", out=out, tokenizer=Path(args.tokenizer), encoder=args.encoder)
             return build_dataset(cfg, log=lambda _m: None)["tokens"]
 
         rows = {}

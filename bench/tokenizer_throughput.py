@@ -9,6 +9,8 @@ Encoding -> flat NumPy conversion, the step where Python overhead hides, for the
 
 Text: the lines of a corpus file (default: the bundled Wikipedia sample, examples/wiki/), one
 sentence per line. Prints tables and writes bench/results/tokenizer_throughput.json.
+
+This measures the `tokenizers` path (`--encoder hf`); bench/wordpiece.py measures the compiled encoder.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def main() -> None:
 
     lines = dump_lines(args.dump)
     nbytes = sum(len(line.encode()) + 1 for line in lines)
-    tok = load_tokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer, encoder="hf")
     raw = tok._tok  # the same tokenizers.Tokenizer object (truncation/padding off) that encode_lines drives
     flat, _ = tok.encode_lines(lines)  # warm-up, and the token count
     ntokens = int(flat.size)

@@ -15,8 +15,11 @@ Goals (issue 5): ours/triton on `large` >= 55% MFU on one H100 and >= 2x the HF 
     python bench/train_step.py                 # CUDA: base and large, triton + reference + HF (issue 5's run)
     python bench/train_step.py --quick         # CPU smoke run: tiny, batch 2, 2 steps
     python bench/train_step.py --models large --batch 16 --accum 2 --steps 20
+    python bench/train_step.py --profile large:ours/triton   # + top CUDA kernels of that row (torch profiler)
 
-Writes bench/results/train_step_<cpu|cuda>_<models>.json (device name, peak used, every row, speed-ups).
+Writes bench/results/train_step_<cpu|cuda>_<models>.json (device name, peak used, every row, speed-ups; --out-dir
+elsewhere), rewritten after every row so that a run stopped half-way keeps what it measured. --profile adds a
+profile_<model>_<impl>.txt table beside it and the summary to the JSON.
 """
 
 from __future__ import annotations
@@ -36,22 +39,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import machine_info, peak_flops, write_result  # noqa: E402
 from bench.loader import _spread, build_example  # noqa: E402
+from bench.profiling import format_profile, profile_step  # noqa: E402
 from spanbert_train.batch import Batch  # noqa: E402
 from spanbert_train.config import OptimConfig  # noqa: E402
 from spanbert_train.data import Dataset, RowSource, to_batch  # noqa: E402
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining  # noqa: E402
 from spanbert_train.optim import build_optimizer  # noqa: E402
-
-# Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, first match wins (docs/PERFORMANCE.md).
-PEAK_BF16 = (("H100", "PCIe", 756e12), ("H100", "NVL", 835e12), ("H100", "", 989e12), ("H200", "", 989e12),
-             ("A100", "", 312e12))  # fmt: skip
-
-
-def peak_flops(name: str) -> float | None:
-    """Dense bf16 FLOP/s of the named CUDA device, or None when unknown (then no MFU is reported)."""
-    return next((peak for chip, variant, peak in PEAK_BF16 if chip in name and variant in name), None)
 
 
 def attended_length(batch: Batch, pad_id: int) -> float:
@@ -129,8 +124,9 @@ def hf_step(cfg: ModelConfig, batch: Batch, device: torch.device, accum: int, at
     return step, model
 
 
-def run_row(impl: str, cfg: ModelConfig, batch: Batch, device: torch.device, args) -> dict:
-    """Time one implementation; failures (OOM, a kernel that does not compile) become the row's `error`."""
+def run_row(impl: str, cfg: ModelConfig, batch: Batch, device: torch.device, args, profile: bool = False) -> dict:
+    """Time one implementation (and profile it when asked); failures (OOM, a kernel that does not compile) become
+    the row's `error`."""
     row = {"impl": impl}
     if impl == "ours/triton" and device.type != "cuda":
         return row | {"skipped": "no CUDA device (Triton runs on CPU only in the test interpreter)"}
@@ -149,6 +145,8 @@ def run_row(impl: str, cfg: ModelConfig, batch: Batch, device: torch.device, arg
         row["step_s"] = statistics.median(times)
         if device.type == "cuda":
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if profile:
+            row["profile"] = profile_step(step, args.profile_steps, device)
     except Exception as e:  # noqa: BLE001 - one failing row must not lose the others of a scarce GPU run
         traceback.print_exc()
         row["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -172,6 +170,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="override the dense bf16 peak used for MFU")
     ap.add_argument("--data", type=Path, help="a dataset with rows of 512 slots (default: build examples/wiki)")
     ap.add_argument("--quick", action="store_true", help="tiny model, batch 2, 2 steps, 1 warm-up (smoke test)")
+    ap.add_argument("--out-dir", type=Path, help="where the JSON (and profile tables) go (default bench/results)")
+    ap.add_argument("--profile", action="append", default=[], metavar="MODEL:IMPL",
+                    help="also profile this row after timing it, e.g. large:ours/triton (repeatable)")
+    ap.add_argument("--profile-steps", type=int, default=3, help="steps recorded by --profile")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -185,6 +187,9 @@ def main() -> None:
     bad = sorted(set(impls) - {"ours/triton", "ours/reference", "hf"})
     if bad:
         ap.error(f"--impls: unknown {bad}; choose from ours/triton, ours/reference, hf")
+    profiled = {tuple(p.split(":", 1)) for p in args.profile}
+    if any(len(p) != 2 or p[0] not in models or p[1] not in impls for p in profiled):
+        ap.error(f"--profile {args.profile}: each must be MODEL:IMPL with MODEL in {models} and IMPL in {impls}")
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = Dataset(args.data or build_example(Path(tmp) / "wiki"))
@@ -204,6 +209,20 @@ def main() -> None:
           f"{'GiB':>6s}")  # fmt: skip
 
     results, failed = [], False
+    out_dir = args.out_dir
+    import transformers
+
+    def save() -> Path:
+        result = {
+            "machine": machine, "device": name, "device_type": device.type, "peak_flops": peak,
+            "threads": torch.get_num_threads(), "transformers": transformers.__version__,
+            "precision": "bf16 autocast, fp32 parameters" if cuda else "fp32", "vocab_size": ds.vocab_size,
+            "batch": args.batch, "accum": args.accum, "seq_len": ds.max_seq_len, "tokens_per_step": tokens,
+            "examples_per_step": examples, "mean_attended_length": attn_len, "steps": args.steps,
+            "warmup": args.warmup, "rows": results,
+        }  # fmt: skip
+        return write_result(f"train_step_{device.type}_" + "_".join(models), result, out_dir)
+
     for preset in models:
         cfg = ModelConfig.from_preset(preset, vocab_size=ds.vocab_size)
         with torch.device("meta"):
@@ -214,7 +233,7 @@ def main() -> None:
         for impl in impls:
             torch.manual_seed(0)
             row = {"model": preset, "parameters": meta.num_parameters(), "flops_per_token": flops_tok}
-            row |= run_row(impl, cfg, batch, device, args)
+            row |= run_row(impl, cfg, batch, device, args, profile=(preset, impl) in profiled)
             if "step_s" in row:
                 row["tokens_per_s"] = tokens / row["step_s"]
                 row["sequences_per_s"] = rows_per_step / row["step_s"]
@@ -229,6 +248,14 @@ def main() -> None:
                 failed |= "error" in row
                 print(f"{preset:6s} {impl:15s} {row.get('skipped') or row.get('error')}")
             results.append(row)
+            save()
+            if "profile" in row:
+                title = f"{preset} {impl}, batch {args.batch} x {ds.max_seq_len} x accum {args.accum}, {name}"
+                table = format_profile(row["profile"], title)
+                path = (out_dir or REPO / "bench" / "results") / f"profile_{preset}_{impl.replace('/', '_')}.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(table + "\n")
+                print(table)
         for impl in ("ours/triton", "ours/reference"):
             if impl in by_impl and "hf" in by_impl:
                 print(f"{preset}: {impl} / hf = {by_impl[impl] / by_impl['hf']:.2f}x")
@@ -238,17 +265,7 @@ def main() -> None:
             print(f"{preset}: ours/triton / ours/reference = {ratio:.2f}x")
             results.append({"model": preset, "speedup": "ours/triton / ours/reference", "ratio": ratio})
 
-    import transformers
-
-    result = {
-        "machine": machine, "device": name, "device_type": device.type, "peak_flops": peak,
-        "threads": torch.get_num_threads(), "transformers": transformers.__version__,
-        "precision": "bf16 autocast, fp32 parameters" if cuda else "fp32", "vocab_size": ds.vocab_size,
-        "batch": args.batch, "accum": args.accum, "seq_len": ds.max_seq_len, "tokens_per_step": tokens,
-        "examples_per_step": examples, "mean_attended_length": attn_len, "steps": args.steps,
-        "warmup": args.warmup, "rows": results,
-    }  # fmt: skip
-    print(f"wrote {write_result(f'train_step_{device.type}_' + '_'.join(models), result)}")
+    print(f"wrote {save()}")
     if failed:
         sys.exit("some rows failed; their errors are in the table and the JSON")
 

@@ -82,6 +82,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
 def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
            previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
     tokenizer = _ensure_tokenizer(cfg, out, files, root, log)
+    tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
@@ -90,6 +91,7 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
 
+    log(tokenizer.encoder_note)
     markers = _pass1(cfg, out, root, sources, executor, log)
     corpus = listing
     for m in markers:
@@ -200,7 +202,7 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-_WORKER_TOKENIZER: tuple[str, WordPieceTokenizer] | None = None
+_WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
 
 
 def _check_visible(out: Path) -> None:
@@ -212,12 +214,15 @@ def _check_visible(out: Path) -> None:
         )
 
 
-def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int) -> dict:
+def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
     _check_visible(out)
-    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[0] != str(out):
-        _WORKER_TOKENIZER = (str(out), load_tokenizer(out / TOKENIZER_FILE))
-    return build_unit(out, root, unit, _WORKER_TOKENIZER[1], max_content)
+    data = (out / TOKENIZER_FILE).read_bytes()
+    # Reused across tasks of one process, but only for the same file and encoder: an in-process build
+    # (--workers 1) may follow another build with another tokenizer.
+    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
+        _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
+    return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:
@@ -264,7 +269,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
                     continue
                 if piece is not None:
                     atomic_write_bytes(out / unit.work_file, piece.data)
-                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content)
+                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content, cfg.encoder)
 
     def done(key, args, marker) -> None:
         unit = args[2]

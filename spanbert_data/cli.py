@@ -52,6 +52,9 @@ def main():
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on Dask: tcp://HOST:8786 (an existing cluster sharing the output filesystem) or 'local' "
                    "(a LocalCluster of --workers processes). Needs spanbert[dask].")
+@click.option("--encoder", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
+              help="Token ids from the compiled WordPiece encoder (fast; auto = where it applies) or from HF "
+                   "tokenizers (hf); the ids, so the output bytes, never depend on it.")
 @click.option("--max-seq-len", default=512, show_default=True, help="Slots per training row.")
 @click.option("--seed", default=12345, show_default=True, help="Seed of the masks and of the held-out split.")
 @click.option("--mask-epochs", default=1, show_default=True, help="Different maskings of every block to write.")
@@ -66,8 +69,9 @@ def main():
 @click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
               help="Distribution of the 10% random replacements.")
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, workers, scheduler, max_seq_len, seed, mask_epochs, valid_fraction,
-          rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words, replacement):  # fmt: skip
+def build(corpus, out, tokenizer, vocab_size, workers, scheduler, encoder, max_seq_len, seed, mask_epochs,
+          valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
+          replacement):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     from spanbert_data.build import build_dataset
     from spanbert_data.config import BuildConfig
@@ -77,6 +81,7 @@ def build(corpus, out, tokenizer, vocab_size, workers, scheduler, max_seq_len, s
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
     cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, workers=workers,
                       scheduler=scheduler,
+                      encoder=encoder,
                       max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
                       rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * (1 << 20)),
                       masking=masking)  # fmt: skip

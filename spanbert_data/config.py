@@ -26,6 +26,9 @@ class BuildConfig:
     scheduler: str | None = None
     """None: this machine (`workers` processes). "local": a Dask LocalCluster of `workers` processes.
     "tcp://HOST:8786": an existing Dask cluster whose workers share the output filesystem."""
+    encoder: str = "auto"
+    """Who computes token ids: auto (the compiled WordPiece encoder where it applies), fast or hf
+    (HF `tokenizers`); the ids, so the bytes written, never depend on it."""
     max_seq_len: int = 512
     """Slots per training row; blocks hold at most max_seq_len - 2 content tokens (SPEC §1)."""
     seed: int = 12345
@@ -45,6 +48,8 @@ class BuildConfig:
         """Raise ValueError naming the field and the rule it breaks."""
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.encoder not in ("auto", "fast", "hf"):
+            raise ValueError("encoder must be auto, fast or hf")
         if not 8 <= self.max_seq_len <= 65535:
             raise ValueError("max_seq_len must be between 8 and 65535")
         if self.mask_epochs < 1:
@@ -66,7 +71,7 @@ class BuildConfig:
     def options(self) -> dict:
         """Every option that changes the bytes written (saved in build.json and the manifest)."""
         d = dataclasses.asdict(self)
-        for key in ("corpus", "out", "workers", "scheduler", "tokenizer"):
+        for key in ("corpus", "out", "workers", "scheduler", "encoder", "tokenizer"):
             d.pop(key)
         d["masking"] = self.masking.to_dict()
         return d

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
+from spanbert_data.rowcheck import offsets_problem
+
 # List columns in schema order, with the name of the column whose offsets they share.
 _ID = "ID"  # stands for the id type (uint16 or int32) in the table below
 _LIST_COLUMNS = (
@@ -320,7 +322,8 @@ def record_batch_columns(batch: pa.RecordBatch) -> dict:
 
     Returns {"input_ids": (rows, row_len) array, NAME: (offsets int32[rows+1], values) for each list
     column}; row r's items are values[offsets[r]:offsets[r+1]] (offsets[0] may be > 0 in a slice).
-    Raises ValueError naming any column that is missing, mistyped, holds nulls or disagrees with its group.
+    Raises ValueError naming any column that is missing, mistyped, holds nulls, whose offsets leave its values
+    (`spanbert_data.rowcheck.offsets_problem`) or disagree with its group's, and the first bad row.
     """
     names = batch.schema.names
     if "input_ids" not in names:
@@ -344,9 +347,16 @@ def record_batch_columns(batch: pa.RecordBatch) -> dict:
             flat = col.values.slice(col.offset * row_len, len(col) * row_len)
             out["input_ids"] = flat.to_numpy(zero_copy_only=True).reshape(len(col), row_len)  # (rows, row_len)
         else:
-            out[field.name] = (col.offsets.to_numpy(zero_copy_only=True), col.values.to_numpy(zero_copy_only=True))
+            offsets, values = col.offsets.to_numpy(zero_copy_only=True), col.values.to_numpy(zero_copy_only=True)
+            problem = offsets_problem(field.name, offsets, len(values))  # damaged offsets would gather out of bounds
+            if problem:
+                raise ValueError(f"training rows: {problem}")
+            out[field.name] = (offsets, values)
     for group in _OFFSET_GROUPS:
         for name in group[1:]:
-            if not np.array_equal(out[name][0], out[group[0]][0]):
-                raise ValueError(f"training rows: column {name!r} has other list lengths than {group[0]!r}")
+            differ = np.flatnonzero(np.diff(out[name][0]) != np.diff(out[group[0]][0]))
+            if differ.size:
+                r = int(differ[0])
+                raise ValueError(f"training rows: row {r}: column {name!r} has another number of entries than "
+                                 f"{group[0]!r}")  # fmt: skip
     return out

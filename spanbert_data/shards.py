@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,47 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def hash_problem(path: str | os.PathLike, sha256: str) -> str | None:
+    """Why the file at `path` is not the one whose SHA-256 a manifest recorded (one line naming it), or None."""
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        return f"{path}: cannot be read ({e.strerror or e})"
+    if digest != sha256:
+        return f"{path}: content hash differs from the manifest (corrupt, or replaced by another file)"
+    return None
+
+
+class HashCheck:
+    """The SHA-256 check of one file against its manifest entry, done at most once; safe to call from any thread.
+
+    A reader calls `ensure()` before it first uses the file's bytes; a background thread may call it earlier
+    to do the work ahead of need (the reader then finds it done, or waits for the hash in flight). A failure
+    is remembered: every later call raises the same DatasetError. `hashlib` releases the GIL while it
+    hashes, so a hashing thread runs beside the others.
+    """
+
+    def __init__(self, path: str | os.PathLike, sha256: str, advice: str = ""):
+        self.path, self.sha256, self.advice = Path(path), sha256, advice
+        self.done = False  # True once the bytes matched
+        self.seconds = 0.0  # time the hash took
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        """Return once the file is known to match; raise DatasetError (one line naming the file) if it does not."""
+        if self.done:
+            return
+        with self._lock:
+            if not self.done and self._problem is None:
+                started = time.perf_counter()
+                self._problem = hash_problem(self.path, self.sha256)
+                self.seconds = time.perf_counter() - started
+                self.done = self._problem is None
+        if self._problem is not None:
+            raise DatasetError(self._problem + self.advice)
 
 
 def write_arrow_file(path: str | os.PathLike, batch: pa.RecordBatch) -> dict:

@@ -9,6 +9,9 @@ the first parallel call, with `RAYON_NUM_THREADS` threads (all cores when unset)
 `set_tokenizer_threads(n)` before the first `encode_lines` to choose n; later changes have no effect.
 After a fork, `tokenizers` runs single-threaded in the child if the parent already used the pool,
 so worker processes should be spawned, or should be the first to tokenize.
+
+Encoders: `encode_lines` runs the compiled WordPiece encoder of wordpiece.py (same ids as `tokenizers`,
+several times faster) whenever the tokenizer is BERT-style, else `tokenizers` itself; see ENCODERS.
 """
 
 from __future__ import annotations
@@ -30,9 +33,15 @@ SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"
 # Lines per internal `encode_batch_fast` call: large enough to keep every Rayon thread busy, small
 # enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
 _ENCODE_CHUNK_LINES = 8192
+_FAST_CHUNK_LINES = 1 << 16  # the compiled encoder's batch: a few MB of text, all threads busy
+
+# "auto": the compiled encoder where it reproduces the tokenizer exactly, else `tokenizers`;
+# "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
+ENCODERS = ("auto", "fast", "hf")
 
 _get_ids = attrgetter("ids")
 _pool_started = False  # set by the first encode or training; RAYON_NUM_THREADS is read only then
+_threads: int | None = None  # set_tokenizer_threads(); None: all cores
 
 
 class TokenizerError(Exception):
@@ -40,7 +49,8 @@ class TokenizerError(Exception):
 
 
 def set_tokenizer_threads(n: int) -> None:
-    """Use n threads for batch encoding in this process (sets `RAYON_NUM_THREADS`).
+    """Use n threads for batch encoding in this process (sets `RAYON_NUM_THREADS`, and the number of
+    Numba threads the compiled encoder uses).
 
     Must run before the first batch encode of the process: Rayon reads the variable once, when it
     builds its global pool. Raises RuntimeError if this module has already encoded.
@@ -60,9 +70,12 @@ class WordPieceTokenizer:
     Truncation and padding are switched off (files in the wild have them on), and literal special-token
     text in the corpus (the string "[MASK]") is tokenized as ordinary text, never as a special id, so
     block content never holds [PAD]/[CLS]/[SEP]/[MASK].
+
+    `encoder` (one of ENCODERS) picks who computes the ids; `encoder_note` says, in one line, which one
+    runs and why (the build logs it once).
     """
 
-    def __init__(self, tokenizer: Tokenizer, source: str = "<tokenizer>"):
+    def __init__(self, tokenizer: Tokenizer, source: str = "<tokenizer>", encoder: str = "auto"):
         self.source = source
         if not isinstance(tokenizer.model, models.WordPiece):
             raise TokenizerError(
@@ -99,19 +112,83 @@ class WordPieceTokenizer:
         self._forbidden[self.special_ids["unk"]] = False
 
         self.id_dtype = np.dtype(np.uint16 if self.vocab_size <= 65536 else np.int32)
-        self.sha256: str = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+        spec = self.to_json()
+        self.sha256: str = hashlib.sha256(spec.encode("utf-8")).hexdigest()
+        self._fast = None  # the compiled encoder, built at the first encode
+        self.encoder, self.encoder_note = self._choose_encoder(encoder, json.loads(spec))
+
+    def set_encoder(self, encoder: str) -> None:
+        """Switch to another of ENCODERS (a TokenizerError if "fast" cannot reproduce this tokenizer)."""
+        self.encoder, self.encoder_note = self._choose_encoder(encoder, json.loads(self.to_json()))
+
+    def _choose_encoder(self, encoder: str, spec: dict) -> tuple[str, str]:
+        from spanbert_data.wordpiece_tables import unsupported_reason
+
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if encoder == "hf":
+            return "hf", "encoder: tokenizers (--encoder hf)"
+        reason = unsupported_reason(spec)
+        if reason is None:
+            return "fast", "encoder: compiled WordPiece (same ids as tokenizers)"
+        if encoder == "fast":
+            raise TokenizerError(
+                f"{self.source}: the compiled encoder cannot reproduce this tokenizer ({reason}); "
+                "use --encoder auto or --encoder hf"
+            )
+        return "hf", f"encoder: tokenizers, because the compiled encoder does not apply: {reason}"
 
     def encode_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize lines without special tokens: (flat ids int32, per-line token counts int64).
 
-        Batched on the Rayon pool. The Encoding -> NumPy step streams each encoding's id list into one
-        preallocated array (np.fromiter over a chain): the lists die as soon as they are consumed, which
-        measured faster than building per-line arrays and concatenating (bench/tokenizer_throughput.py).
+        The ids are those of `tokenizers` (`encode_special_tokens=True`, no truncation) whichever
+        encoder runs; the compiled one hands back the rare lines it cannot match exactly (see
+        wordpiece_tables.ROUTE) and those are encoded by `tokenizers`.
         """
         global _pool_started
         _pool_started = True
         if isinstance(lines, str):
             raise TypeError("encode_lines() takes a list of lines, not one string")
+        flat, lens = self._encode_fast(lines) if self.encoder == "fast" else self._encode_hf(lines)
+        if self._forbidden[flat].any():  # one gather, ~1% of the encode; guards odd pre-tokenizers
+            bad = self.id_to_token(int(flat[self._forbidden[flat]][0]))
+            raise TokenizerError(
+                f"{self.source}: corpus text was tokenized into the special token {bad}; "
+                "use a tokenizer with a BERT pre-tokenizer"
+            )
+        return flat, lens
+
+    def _encode_fast(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from spanbert_data.wordpiece import FastWordPiece
+
+        if self._fast is None:
+            self._fast = FastWordPiece(self._tok)
+        if len(lines) > _FAST_CHUNK_LINES:  # bounded buffers for any input size
+            step = _FAST_CHUNK_LINES
+            parts = [self._encode_fast(lines[i : i + step]) for i in range(0, len(lines), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        try:
+            flat, lens, left = self._fast.encode(lines, threads=_threads)
+        except UnicodeEncodeError:  # a lone surrogate: tokenizers gives its own answer (an error)
+            return self._encode_hf(lines)
+        if len(left) == 0:
+            return flat, lens
+        hf_flat, hf_lens = self._encode_hf([lines[i] for i in left.tolist()])
+        lens = lens.copy()
+        lens[left] = hf_lens
+        from_hf = np.zeros(len(lines), dtype=bool)
+        from_hf[left] = True
+        from_hf = np.repeat(from_hf, lens)  # per output token: does it come from tokenizers?
+        merged = np.empty(len(from_hf), dtype=np.int32)
+        merged[~from_hf] = flat
+        merged[from_hf] = hf_flat
+        return merged, lens
+
+    def _encode_hf(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`tokenizers` on its Rayon pool. The Encoding -> NumPy step streams each encoding's id list into
+        one preallocated array (np.fromiter over a chain): the lists die as soon as they are consumed,
+        which measured faster than building per-line arrays and concatenating (bench/tokenizer_throughput.py).
+        """
         flat_parts, len_parts = [], []
         for i in range(0, len(lines), _ENCODE_CHUNK_LINES):
             encodings = self._encode(lines[i : i + _ENCODE_CHUNK_LINES], add_special_tokens=False)
@@ -122,12 +199,6 @@ class WordPieceTokenizer:
         if not flat_parts:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
         flat = flat_parts[0] if len(flat_parts) == 1 else np.concatenate(flat_parts)
-        if self._forbidden[flat].any():  # one gather, ~1% of the encode; guards odd pre-tokenizers
-            bad = self.id_to_token(int(flat[self._forbidden[flat]][0]))
-            raise TokenizerError(
-                f"{self.source}: corpus text was tokenized into the special token {bad}; "
-                "use a tokenizer with a BERT pre-tokenizer"
-            )
         return flat, np.concatenate(len_parts)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
@@ -204,7 +275,7 @@ def _from_vocab_txt(text: str, source: str) -> Tokenizer:
     return tok
 
 
-def load_tokenizer(path) -> WordPieceTokenizer:
+def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
     """Load a HF `tokenizer.json` or a BERT `vocab.txt`; the kind is detected from the content.
 
     A vocab.txt is cased unless none of its tokens has an upper-case form (bracketed markers such as
@@ -242,7 +313,7 @@ def load_tokenizer(path) -> WordPieceTokenizer:
             raise TokenizerError(f"{source}: not a loadable tokenizer.json ({e})") from None
     else:
         tok = _from_vocab_txt(text, source)
-    return WordPieceTokenizer(tok, source)
+    return WordPieceTokenizer(tok, source, encoder)
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> WordPieceTokenizer:

@@ -5,7 +5,9 @@ inside an example are offered, chosen once per forward pass by :func:`build_layo
 
 - ``"varlen"`` (CUDA, fp16/bf16): flash attention over the flattened ``B*T`` token stream, cut into
   sequences by ``cu_seqlens`` (each example one sequence, each row's padding tail one more). No mask
-  is materialised and no work is spent across example boundaries.
+  is materialised and no work is spent across example boundaries. It calls
+  ``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.10) without dropout, and the aten flash op under
+  it (``_flash_attention_forward``, which has an autograd formula) with dropout, or always on older torch.
 - ``"sdpa"`` (any device and dtype): ``F.scaled_dot_product_attention`` with a block-diagonal boolean
   mask built from ``example_ids``. This is the CPU path and the fp32 path, and the reference the
   varlen path is tested against.
@@ -25,6 +27,8 @@ try:  # public API since torch 2.10; absent on older builds
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - depends on the installed torch
     varlen_attn = None
+# The aten op varlen_attn wraps; its first ten arguments are the same from torch 2.5 to 2.13 at least.
+_FLASH_OP = getattr(torch.ops.aten, "_flash_attention_forward", None)
 
 BACKENDS = ("auto", "varlen", "sdpa")
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -49,7 +53,16 @@ class PackedLayout:
 
 def varlen_available(device: torch.device) -> bool:
     """True when the flash varlen kernel can run on ``device`` with this torch build."""
-    return varlen_attn is not None and device.type == "cuda"
+    return (varlen_attn is not None or _FLASH_OP is not None) and device.type == "cuda"
+
+
+def varlen_implementation() -> str:
+    """Which torch functions the ``varlen`` backend calls with this torch build (for logs and reports)."""
+    if varlen_attn is not None:
+        return "torch.nn.attention.varlen.varlen_attn (no dropout), aten._flash_attention_forward (dropout)"
+    if _FLASH_OP is not None:
+        return "aten._flash_attention_forward (torch.nn.attention.varlen missing in this torch)"
+    return "none: this torch has no flash varlen op"
 
 
 def compute_dtype(device: torch.device, param_dtype: torch.dtype) -> torch.dtype:
@@ -72,7 +85,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     if backend == "varlen":
         if not varlen_available(device):
             raise ValueError(
-                f"attention backend 'varlen' needs CUDA and torch.nn.attention.varlen (device {device}, "
+                f"attention backend 'varlen' needs CUDA and torch's flash varlen op (device {device}, "
                 f"torch {torch.__version__}); use 'sdpa' or 'auto'"
             )
         if dtype not in _HALF_DTYPES:
@@ -115,12 +128,12 @@ def packed_attention(
     if layout.backend == "varlen":
         flat = (B * T, nh, hd)
         qf, kf, vf = q.reshape(flat), k.reshape(flat), v.reshape(flat)  # (B*T, nh, hd)
-        if dropout_p == 0.0:
+        if dropout_p == 0.0 and varlen_attn is not None:
             out = varlen_attn(qf, kf, vf, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen)
         else:
             # varlen_attn hard-codes dropout 0.0; the aten op under it takes dropout_p and has an
             # autograd formula that replays the same Philox mask in backward (SPEC §5: attention dropout 0.1).
-            out = torch.ops.aten._flash_attention_forward(
+            out = _FLASH_OP(
                 qf, kf, vf, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen,
                 dropout_p, False, False,
             )[0]

@@ -17,7 +17,7 @@ from typing import Any
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
 MODEL_PRESETS = ("tiny", "small", "base", "large")
-VERIFY_CHOICES = ("size", "sha256")
+VERIFY_CHOICES = ("sha256", "size")
 
 
 class ConfigError(ValueError):
@@ -34,8 +34,8 @@ class DataConfig:
     """Rows per forward/backward on one rank; global_batch_size / (ranks × micro_batch) accumulation steps."""
     prefetch: int = 2
     """Optimizer steps of batches prepared ahead by the loader's background thread."""
-    verify: str = "size"
-    """Shard checks at start: 'size' (size, schema, row count) or 'sha256' (also re-hash every shard)."""
+    verify: str = "sha256"
+    """'sha256': hash each shard against the manifest before its first row is used (ahead of need); 'size': skip it."""
 
 
 @dataclass

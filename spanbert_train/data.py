@@ -23,8 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_data.packing import record_batch_columns
-from spanbert_data.shards import DatasetError, load_manifest, resolve_inside, sha256_file
+from spanbert_data.rowcheck import first_bad_row
+from spanbert_data.shards import DatasetError, HashCheck, load_manifest, resolve_inside
 from spanbert_train.config import ConfigError
+from spanbert_train.verify_ahead import VerifyAhead
 
 LIST_COLUMNS = (
     "example_lengths", "mlm_positions", "mlm_labels", "sbo_positions",
@@ -33,17 +35,36 @@ LIST_COLUMNS = (
 
 
 class Shard:
-    """One memory-mapped training or validation shard, checked against its manifest entry."""
+    """One memory-mapped training or validation shard, checked against its manifest entry.
 
-    def __init__(self, root: Path, entry: dict, max_seq_len: int, verify: str = "size"):
+    Opening is cheap and checks size, Arrow structure, schema, row count and list offsets (so no later
+    gather can leave a buffer). With verify='sha256' the content hash is checked lazily, once, by
+    `verify_bytes()`: `RowSource.gather` calls it before the shard's first row is used, and the
+    TrainLoader's verifier thread calls it earlier, ahead of need.
+    """
+
+    def __init__(self, root: Path, entry: dict, max_seq_len: int, verify: str = "sha256",
+                 vocab_size: int | None = None):  # fmt: skip
         self.path = resolve_inside(root, entry["path"])
+        self.vocab_size = vocab_size
+        self.advice = f"; restore the file or rebuild the dataset (`spanbert-data verify {root}` lists every bad file)"
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: shard is missing; rebuild the dataset or restore the file")
         size = self.path.stat().st_size
         if size != entry["bytes"]:
             raise DatasetError(f"{self.path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
-        if verify == "sha256" and sha256_file(self.path) != entry["sha256"]:
-            raise DatasetError(f"{self.path}: content hash differs from the manifest (corrupt shard)")
+        self.hash_check = None
+        if verify == "sha256":
+            if not isinstance(entry.get("sha256"), str):
+                raise DatasetError(f"{self.path}: the manifest records no sha256 for it; rebuild the dataset")
+            self.hash_check = HashCheck(self.path, entry["sha256"], self.advice)
+        try:
+            self._open(entry, max_seq_len)
+        except DatasetError:
+            self.verify_bytes()  # a damaged file is named as such when the hash can tell
+            raise
+
+    def _open(self, entry: dict, max_seq_len: int) -> None:
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
             if reader.num_record_batches != 1:
@@ -55,9 +76,9 @@ class Shard:
         if batch.num_rows != entry["rows"]:
             raise DatasetError(f"{self.path}: {batch.num_rows} rows, manifest says {entry['rows']}")
         try:
-            self.columns = record_batch_columns(batch)  # zero-copy NumPy views, schema checked
+            self.columns = record_batch_columns(batch)  # zero-copy NumPy views; schema and offsets checked
         except ValueError as e:
-            raise DatasetError(f"{self.path}: {e}") from None
+            raise DatasetError(f"{self.path}: {e}; the shard is corrupt{self.advice}") from None
         if self.columns["input_ids"].shape[1] != max_seq_len:
             width = self.columns["input_ids"].shape[1]
             raise DatasetError(f"{self.path}: rows have {width} slots, the manifest says max_seq_len {max_seq_len}")
@@ -67,11 +88,24 @@ class Shard:
         csum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         self.row_tokens = csum[off[1:]] - csum[off[:-1]]
 
+    @property
+    def verified(self) -> bool:
+        """True when the content hash is known to match, or hashing is off (verify='size')."""
+        return self.hash_check is None or self.hash_check.done
+
+    def verify_bytes(self) -> None:
+        """Check the content hash once (no-op with verify='size'); raise DatasetError naming the shard if it differs."""
+        if self.hash_check is not None:
+            self.hash_check.ensure()
+
 
 class Dataset:
-    """A dataset directory: the manifest plus every shard of every mask epoch and of valid/, opened and checked."""
+    """A dataset directory: the manifest plus every shard of every mask epoch and of valid/, opened and checked.
 
-    def __init__(self, root: str | Path, verify: str = "size"):
+    verify='sha256' (the default) also checks each shard's content hash before its first row is used
+    (lazily, see Shard); 'size' trusts the storage and skips it. Rows are structurally checked either way."""
+
+    def __init__(self, root: str | Path, verify: str = "sha256"):
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         m = self.manifest
@@ -89,11 +123,11 @@ class Dataset:
             epoch = int(entry["epoch"])
             if not 0 <= epoch < self.mask_epochs:
                 raise DatasetError(f"{self.root / 'manifest.json'}: shard {entry['path']} has epoch {epoch}")
-            self.epochs[epoch].append(Shard(self.root, entry, self.max_seq_len, verify))
+            self.epochs[epoch].append(Shard(self.root, entry, self.max_seq_len, verify, self.vocab_size))
         for k, shards in enumerate(self.epochs):
             if sum(s.rows for s in shards) == 0:
                 raise DatasetError(f"{self.root / 'manifest.json'}: mask epoch {k} has no training rows")
-        self.valid = [Shard(self.root, entry, self.max_seq_len, verify) for entry in valid]
+        self.valid = [Shard(self.root, entry, self.max_seq_len, verify, self.vocab_size) for entry in valid]
 
     def rows(self, mask_epoch: int) -> int:
         return sum(s.rows for s in self.epochs[mask_epoch])
@@ -132,10 +166,16 @@ class RowSource:
             n[sel] = self.shards[s].row_tokens[local[sel]]
         return n
 
-    def gather(self, rows: np.ndarray) -> dict:
-        """The given rows, in the given order: input_ids (B, T) and every list column as (offsets, values)."""
+    def gather(self, rows: np.ndarray, check: bool = True) -> dict:
+        """The given rows, in the given order: input_ids (B, T) and every list column as (offsets, values).
+
+        Each shard's bytes are verified before its first row is used (Shard.verify_bytes), and the rows are
+        checked structurally (spanbert_data.rowcheck) unless `check` is False (benchmarks only): a bad row
+        raises DatasetError naming the shard, the row and what is wrong, before any tensor is made."""
         shard, local = self._locate(rows)
         groups = [(s, shard == s) for s in np.unique(shard)]
+        for s, _ in groups:
+            self.shards[s].verify_bytes()
         first = self.shards[0].columns["input_ids"]
         ids = np.empty((len(rows), first.shape[1]), dtype=first.dtype)
         for s, sel in groups:
@@ -155,6 +195,13 @@ class RowSource:
                 dst = np.repeat(offsets[:-1][sel], n) + within
                 values[dst] = src_val[src]
             out[name] = (offsets, values)
+        if check:
+            vocab = self.shards[0].vocab_size
+            found = first_bad_row(out, vocab if vocab is not None else np.iinfo(np.int64).max)
+            if found is not None:
+                i, what = found
+                bad = self.shards[shard[i]]
+                raise DatasetError(f"{bad.path}: row {local[i]}: {what}; the shard is corrupt{bad.advice}")
         return out
 
 
@@ -202,33 +249,64 @@ class TrainLoader:
 
     Every rank computes the whole global batch's target counts from the offsets alone (cheap), so the
     loss normalisation of SPEC §4 needs no collective. `pin_memory` pins the batches for async H2D copies.
+    A second thread (spanbert_train.verify_ahead) checks the shards this rank will read ahead of need; a bad
+    shard or row ends the stream with a DatasetError, which `peek_error` shows one step early (the trainer
+    uses it to stop every rank at the same step). `check_rows=False` skips the row checks (benchmarks only).
     """
 
     def __init__(self, dataset: Dataset, global_batch: int, micro_batch: int, rank: int, world: int, seed: int,
-                 start: tuple[int, int] = (0, 0), prefetch: int = 2, pin_memory: bool = False):  # fmt: skip
+                 start: tuple[int, int] = (0, 0), prefetch: int = 2, pin_memory: bool = False,
+                 check_rows: bool = True):  # fmt: skip
         check_batch_geometry(dataset, global_batch, micro_batch, world)
         self.dataset, self.G, self.micro, self.rank, self.world, self.seed = (
             dataset, global_batch, micro_batch, rank, world, seed,
         )  # fmt: skip
         self.sources = [RowSource(shards) for shards in dataset.epochs]
         self.position = tuple(start)
-        self.pin_memory = pin_memory
+        self.pin_memory, self.check_rows = pin_memory, check_rows
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending = None  # the next queue item, taken early by peek_error()
+        self._orders: dict[int, np.ndarray] = {}  # training epoch -> its row order (see _order)
+        self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],
+                                    RowSource(dataset.valid) if dataset.valid else None,
+                                    self.shards_in_order_of_use, self.position, self._stop)  # fmt: skip
 
     def batches_per_epoch(self, epoch: int) -> int:
         return len(self.sources[epoch % len(self.sources)]) // self.G
 
+    def _order(self, epoch: int) -> np.ndarray:
+        """epoch_order of training epoch `epoch`, memoised: a permutation of millions of rows takes ~0.1-1 s, far
+        too long to redo every step. The few most recent epochs are kept (the verifier looks one epoch ahead)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = epoch_order(self.seed, epoch, len(self.sources[epoch % len(self.sources)]))
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1} | {epoch: order}
+        return order
+
+    def _my_rows(self, epoch: int, first: int, end: int) -> np.ndarray:
+        """This rank's rows of global batches first..end-1 of training epoch `epoch`, shape (batches, G / world)."""
+        rows = self._order(epoch)[first * self.G : end * self.G].reshape(-1, self.G)
+        per_rank = self.G // self.world
+        return rows[:, self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def shards_in_order_of_use(self, epoch: int, first: int = 0) -> list[Shard]:
+        """The shards this rank reads in training epoch `epoch` from global batch `first` on, in order of first use."""
+        source = self.sources[epoch % len(self.sources)]
+        shard, _ = source._locate(self._my_rows(epoch, first, self.batches_per_epoch(epoch)).ravel())
+        _, first_use = np.unique(shard, return_index=True)
+        return [source.shards[s] for s in shard[np.sort(first_use)]]
+
     def make_step(self, epoch: int, index: int) -> StepData:
         """Build the StepData of global batch `index` of training epoch `epoch` for this rank (pure function)."""
         source = self.sources[epoch % len(self.sources)]
-        rows = epoch_order(self.seed, epoch, len(source))[index * self.G : (index + 1) * self.G]
+        rows = self._order(epoch)[index * self.G : (index + 1) * self.G]
         per_rank = self.G // self.world
         mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
         micro = []
         for lo in range(0, per_rank, self.micro):
-            batch = to_batch(source.gather(mine[lo : lo + self.micro]))
+            batch = to_batch(source.gather(mine[lo : lo + self.micro], check=self.check_rows))
             micro.append(batch.pin_memory() if self.pin_memory else batch)
         return StepData(
             epoch=epoch, index=index, micro_batches=micro,
@@ -248,7 +326,13 @@ class TrainLoader:
 
     def _produce(self) -> None:
         try:
+            while not self.verifier.valid_checked.wait(0.1):  # validation rows are checked before the first step
+                if self._stop.is_set():
+                    return
             for epoch, index in self._positions():
+                if self.verifier.error is not None:  # a bad shard is reported as soon as it is known
+                    raise self.verifier.error
+                self.verifier.producing_epoch = epoch
                 item = self.make_step(epoch, index)
                 while not self._stop.is_set():
                     try:
@@ -261,11 +345,24 @@ class TrainLoader:
         except BaseException as e:  # handed to the consumer, which re-raises it in the main thread
             self._queue.put(e)
 
+    def _start(self) -> None:
+        if self._thread is None:
+            self.verifier.start()
+            self._thread = threading.Thread(target=self._produce, name="spanbert-loader", daemon=True)
+            self._thread.start()
+
+    def peek_error(self) -> BaseException | None:
+        """Wait for the next step's data without consuming it; the exception that ended the stream, or None."""
+        self._start()
+        if self._pending is None:
+            self._pending = self._queue.get()
+        return self._pending if isinstance(self._pending, BaseException) else None
+
     def __iter__(self) -> Iterator[StepData]:
-        self._thread = threading.Thread(target=self._produce, name="spanbert-loader", daemon=True)
-        self._thread.start()
+        self._start()
         while True:
-            item = self._queue.get()
+            item = self._pending if self._pending is not None else self._queue.get()
+            self._pending = None
             if isinstance(item, BaseException):
                 raise item
             self.position = (item.epoch, item.index + 1)  # the next batch to train on
@@ -279,6 +376,7 @@ class TrainLoader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.verifier.join(timeout=5)
 
 
 def valid_batches(dataset: Dataset, micro_batch: int, rank: int, world: int, max_batches: int = 0) -> Iterator:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from spanbert_train.agree import raise_on_every_rank
 from spanbert_train.checkpoint import (
     CheckpointError,
     latest_good,
@@ -128,6 +129,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.skipped_nonfinite = 0
         self.last_saved: Path | None = None
+        self.bad_data_votes = 0.0  # ranks whose data for the next step failed its checks (from train_step)
         self._setup()
 
     # ------------------------------------------------------------------------------------ setup
@@ -252,12 +254,13 @@ class Trainer:
                 # DDP AVERAGES gradients over ranks; the SPEC §4 loss is their SUM, hence × world.
                 (loss * self.dist.world).backward()
             stats += parts.detached()
-        stop = torch.tensor([float(self._stop_local)], device=self.device)
-        stats = self.all_reduce(torch.cat([stats, stop]))  # one collective: statistics + "someone got SIGTERM"
+        votes = torch.tensor([float(self._stop_local), float(self._next_data_bad())], device=self.device)
+        # One collective: statistics + "someone got SIGTERM" + "someone's next batch is bad" (bad data stops all).
+        stats = self.all_reduce(torch.cat([stats, votes]))
         clip = self.cfg.optim.clip_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         values = stats.tolist()  # the step's single host sync
-        mlm_sum, mlm_n, mlm_ok, sbo_sum, sbo_n, sbo_ok, stop_votes = values
+        mlm_sum, mlm_n, mlm_ok, sbo_sum, sbo_n, sbo_ok, stop_votes, self.bad_data_votes = values
         grad_norm = float(grad_norm)
         loss_mlm, loss_sbo = mlm_sum / max(mlm_n, 1), sbo_sum / max(sbo_n, 1)
         lr = self.scheduler.get_last_lr()[0]
@@ -324,10 +327,15 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         tic = time.perf_counter()
         try:
-            for data in self.loader:
+            if self.step < cfg.max_steps:  # the first step's data: one extra all-reduce, once per run
+                flag = torch.tensor([float(self.loader.peek_error() is not None)], device=self.device)
+                self._stop_on_bad_data(float(self.all_reduce(flag).item()))
+            for data in self.loader if self.step < cfg.max_steps else ():  # a finished run reads no data
                 if self.step >= cfg.max_steps:
                     break
                 row = self.train_step(data)
+                if not self.stop_requested:  # on SIGTERM the step is saved first; a resumed run meets the data
+                    self._stop_on_bad_data(self.bad_data_votes)
                 self.step += 1
                 toc = time.perf_counter()
                 row["tokens_per_s"], tic = row.pop("tokens") / max(toc - tic, 1e-9), toc
@@ -374,6 +382,16 @@ class Trainer:
                 f"step {self.step}: loss or gradient non-finite for {self.nonfinite_in_a_row} steps in a row "
                 f"(max_nonfinite); last good checkpoint: {where}; lower --lr or check the data"
             )
+
+    # ------------------------------------------------------------------------------- bad data (issue 16)
+    def _next_data_bad(self) -> bool:
+        """Whether this rank's data for the NEXT step failed its checks (waits for the prefetched step)."""
+        return self.step + 1 < self.cfg.max_steps and self.loader.peek_error() is not None
+
+    def _stop_on_bad_data(self, votes: float) -> None:
+        """When any rank voted that its next data is bad, all ranks raise now, together; nothing is saved."""
+        if votes:
+            raise_on_every_rank(self.loader.peek_error(), self.dist.world)
 
     def request_stop(self) -> None:
         """Ask for a clean stop: the step in flight (or the next one) finishes, a checkpoint is saved, run() returns.

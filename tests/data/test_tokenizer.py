@@ -245,7 +245,7 @@ def test_set_tokenizer_threads_sizes_the_rayon_pool():
     code = (
         "import os; from spanbert_data.tokenizer import load_tokenizer, set_tokenizer_threads\n"
         "set_tokenizer_threads(3)\n"
-        f"tok = load_tokenizer({str(JSON_PATH)!r})\n"
+        f"tok = load_tokenizer({str(JSON_PATH)!r}, encoder='hf')\n"
         "before = len(os.listdir('/proc/self/task'))\n"
         "tok.encode_lines(['some words here'] * 5000)\n"
         "print(len(os.listdir('/proc/self/task')) - before)\n"

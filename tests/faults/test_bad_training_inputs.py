@@ -20,7 +20,7 @@ from spanbert_data.shards import sha256_file
 from spanbert_train.cli import main
 from spanbert_train.export import export_model
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
-from tests.faults.helpers import DATA_CLI, TINY_MODEL, VOCAB, assert_clean_error, run
+from tests.faults.helpers import DATA_CLI, TINY_MODEL, VOCAB, assert_clean_error, metrics_rows, run
 from tests.train.dataset_fixture import make_dataset
 
 TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-batches", "1", "--log-every", "1"]
@@ -65,15 +65,16 @@ def fresh_dataset(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- shards
-def test_shard_with_flipped_byte_is_named_with_sha256_verification(capsys, tmp_path):
+def test_shard_with_flipped_byte_is_named(capsys, tmp_path):
     root = fresh_dataset(tmp_path)
     shard = root / "epoch-0" / "part-00001.arrow"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x40  # same size: only the content hash can tell
     shard.write_bytes(bytes(data))
-    result = train_cli(capsys, "--data", root, "--out", tmp_path / "run", *TRAIN, "--verify-shards", "sha256")
+    result = train_cli(capsys, "--data", root, "--out", tmp_path / "run", *TRAIN)  # default: hashes before use
     assert_clean_error(result, str(shard), "content hash differs")
-    assert_not_started(tmp_path / "run")
+    # Shards are hashed ahead of need, after set-up: config.json and an empty metrics.jsonl exist, no step ran.
+    assert not metrics_rows(tmp_path / "run") and not (tmp_path / "run" / "checkpoints").exists()
     verified = run([*DATA_CLI, "verify", root])  # the data tool names it too
     assert verified.returncode == 1 and str(shard) in verified.stderr and "Traceback" not in verified.stderr
 
@@ -82,7 +83,10 @@ def test_shard_replaced_by_garbage_of_the_same_size_is_named(capsys, tmp_path):
     root = fresh_dataset(tmp_path)
     shard = root / "epoch-0" / "part-00000.arrow"
     shard.write_bytes(os.urandom(shard.stat().st_size))
-    result = train_cli(capsys, "--data", root, "--out", tmp_path / "run", *TRAIN)  # default: size check only
+    result = train_cli(capsys, "--data", root, "--out", tmp_path / "run", *TRAIN)  # default: hashed when unreadable
+    assert_clean_error(result, str(shard), "content hash differs")
+    assert_not_started(tmp_path / "run")
+    result = train_cli(capsys, "--data", root, "--out", tmp_path / "run", *TRAIN, "--verify-shards", "size")
     assert_clean_error(result, str(shard), "not a readable Arrow file")
     assert_not_started(tmp_path / "run")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -138,7 +139,84 @@ def test_truncated_and_corrupt_shards_are_refused_naming_the_file(tmp_path):
         Dataset(root)
     data[-40:] = b"\xff" * 40  # same size, broken footer
     shard.write_bytes(data)
-    with pytest.raises(DatasetError, match=r"part-00000\.arrow: .*corrupt"):
-        Dataset(root, verify="sha256")
+    with pytest.raises(DatasetError, match=r"part-00000\.arrow: content hash differs .*corrupt"):
+        Dataset(root)  # the default hashes a shard whose structure is broken, to name it as damaged
     with pytest.raises(DatasetError, match=r"part-00000\.arrow: not a readable Arrow file"):
-        Dataset(root)
+        Dataset(root, verify="size")
+
+
+# ------------------------------------------------------------------------------ corrupt data (issue 16)
+def _bad_label(root, rel: str, row: int) -> None:
+    """Set the first MLM label of `row` to 65000 (outside the vocabulary) and make the manifest vouch for it."""
+    import json
+
+    import pyarrow as pa
+
+    from spanbert_data.shards import sha256_file
+
+    path = root / rel
+    source = pa.memory_map(str(path))
+    base = source.read_buffer(source.size()).address
+    source.seek(0)
+    col = pa.ipc.open_file(source).get_batch(0).column("mlm_labels")
+    start = col.buffers()[-1].address - base + 2 * int(col.offsets[row].as_py())
+    del col, source
+    raw = bytearray(path.read_bytes())
+    raw[start : start + 2] = np.uint16(65000).tobytes()
+    path.write_bytes(bytes(raw))
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["shards"]["train"] + manifest["shards"]["valid"]:
+        if entry["path"] == rel:
+            entry["sha256"] = sha256_file(path)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_shards_are_hashed_lazily_in_order_of_use_and_ahead_of_need(dataset_dir):
+    ds = Dataset(dataset_dir)  # the default, verify="sha256"
+    everything = [s for shards in ds.epochs for s in shards] + ds.valid
+    assert not any(s.verified for s in everything)  # opening hashes nothing
+    loader = TrainLoader(ds, 8, 4, 1, 2, seed=3)
+    touched = []  # the shards this rank's steps read, in order, computed row by row
+    for index in range(loader.batches_per_epoch(0)):
+        rows = epoch_order(3, 0, ds.rows(0))[index * 8 : (index + 1) * 8][4:]
+        for g in rows:
+            shard = ds.epochs[0][int(np.searchsorted(loader.sources[0].first, g, side="right") - 1)]
+            if shard not in touched:
+                touched.append(shard)
+    assert loader.shards_in_order_of_use(0) == touched
+    step = next(iter(loader))
+    assert step.index == 0 and all(s.verified for s in ds.valid)  # validation first, before step 1
+    deadline = time.monotonic() + 30
+    while not all(s.verified for s in everything) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the verifier thread hashes epoch 0, then epoch 1 (one epoch ahead)
+    loader.close()
+    assert all(s.verified for s in everything)
+    assert all(s.hash_check.seconds > 0 for s in everything)  # really hashed, by the loader's threads
+
+
+def test_a_bad_row_ends_the_stream_one_step_ahead_naming_shard_and_row(tmp_path):
+    root = make_dataset(tmp_path / "ds", rows=16, mask_epochs=1, valid_rows=0, shards_per_epoch=16)
+    bad = int(epoch_order(2, 0, 16)[8])  # a row of global batch 2; one row per shard: row r is shard r
+    _bad_label(root, f"epoch-0/part-{bad:05d}.arrow", 0)
+    loader = TrainLoader(Dataset(root), 4, 4, 0, 1, seed=2)
+    stream = iter(loader)
+    assert loader.peek_error() is None and next(stream).index == 0
+    assert loader.peek_error() is None and next(stream).index == 1
+    error = loader.peek_error()  # batch 2 is known bad before anyone consumes it
+    assert isinstance(error, DatasetError)
+    assert str(error).startswith(f"{root / 'epoch-0' / f'part-{bad:05d}.arrow'}: row 0: mlm_labels[0] holds id 65000")
+    with pytest.raises(DatasetError, match="outside the vocabulary of 300 ids"):
+        next(stream)
+    loader.close()
+
+
+def test_validation_rows_are_checked_by_every_reader(tmp_path):
+    root = make_dataset(tmp_path / "ds", rows=8, mask_epochs=1, valid_rows=6, shards_per_epoch=1)
+    _bad_label(root, "valid/part-00000.arrow", 4)
+    ds = Dataset(root)
+    with pytest.raises(DatasetError, match=r"valid/part-00000\.arrow: row 4: mlm_labels\[0\] holds id 65000"):
+        list(valid_batches(ds, 3, 0, 1))  # evaluation's reader
+    loader = TrainLoader(ds, 4, 4, 0, 1, seed=0)
+    with pytest.raises(DatasetError, match=r"valid/part-00000\.arrow: row 4"):
+        next(iter(loader))  # the loader checks every validation row before its first training step
+    loader.close()
