@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_data import __version__
+from spanbert_data import tokenizer as tokenizer_module
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
 from spanbert_data.executor import Executor, ExecutorError, make_executor
@@ -35,7 +37,7 @@ from spanbert_data.shards import (
     sha256_file,
 )
 from spanbert_data.store import build_unit, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, train_wordpiece
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads, train_wordpiece
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
 
 BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
@@ -214,9 +216,24 @@ def _check_visible(out: Path) -> None:
         )
 
 
+def _limit_threads_on_dask() -> None:
+    """A Dask worker runs one task per thread (`dask worker --nthreads 1 --nworkers N` on N cores): each task
+    tokenizes on one thread unless RAYON_NUM_THREADS says otherwise."""
+    if "RAYON_NUM_THREADS" in os.environ or tokenizer_module._pool_started:
+        return
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    set_tokenizer_threads(1)
+
+
 def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
     _check_visible(out)
+    _limit_threads_on_dask()
     data = (out / TOKENIZER_FILE).read_bytes()
     # Reused across tasks of one process, but only for the same file and encoder: an in-process build
     # (--workers 1) may follow another build with another tokenizer.

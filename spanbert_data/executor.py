@@ -141,7 +141,7 @@ class DaskExecutor(Executor):
             if scheduler == "local":
                 self._cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                    env={"RAYON_NUM_THREADS": str(tokenizer_threads(workers))},
+                    env={"RAYON_NUM_THREADS": str(tokenizer_threads(workers))},  # also the compiled encoder's
                 )  # fmt: skip
                 self.client = distributed.Client(self._cluster)
             else:
