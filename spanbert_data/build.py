@@ -177,7 +177,8 @@ def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_byte
                      log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
     """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
     unit are counted as a task of its own (in `workers` processes), the counts summed in unit order, then
-    merged in this process. Returns the tokenizer and what it was trained on (documents, lines, chars, words)."""
+    merged in this process. Returns the tokenizer and what it was trained on (documents, lines, chars, words,
+    the corpus reader's warnings)."""
     started = time.perf_counter()
     plan = sample_units(units, sample_bytes)
     sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
@@ -191,6 +192,7 @@ def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_byte
     tokenizer = train_from_counts(counts, vocab_size)
     info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
     info["words"] = len(counts)
+    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
     log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
         f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
     return tokenizer, info

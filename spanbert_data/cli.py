@@ -109,6 +109,8 @@ def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers):
     units = plan_units(files, corpus, int(unit_mb * (1 << 20)))
     tok, info = train_vocabulary(corpus, units, vocab_size, int(vocab_sample_mb * (1 << 20)), workers,
                                  log=lambda m: click.echo(m, err=True))  # fmt: skip
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if info["documents"] == 0:
         raise CorpusError(f"no readable text under {corpus}; nothing to train on")
     tok.save(out)

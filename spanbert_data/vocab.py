@@ -18,6 +18,7 @@ reached, the last one only up to the rest of the budget (`sample_units`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -91,11 +92,13 @@ class WordCounts:
     documents: int
     lines: int
     chars: int
+    warnings: list[str]  # the corpus reader's first warnings (skipped files, bad lines)
 
     @classmethod
-    def from_counter(cls, unit: int, counter: Counter, documents: int, lines: int, chars: int) -> WordCounts:
+    def from_counter(cls, unit: int, counter: Counter, documents: int, lines: int, chars: int,
+                     warnings: list[str]) -> WordCounts:  # fmt: skip
         counts = np.fromiter(counter.values(), dtype=np.int64, count=len(counter))
-        return cls(unit, "\n".join(counter), counts, documents, lines, chars)
+        return cls(unit, "\n".join(counter), counts, documents, lines, chars, warnings[:100])
 
     def items(self) -> Iterable[tuple[str, int]]:
         return zip(self.words.split("\n"), self.counts.tolist(), strict=True) if len(self.counts) else iter(())
@@ -109,19 +112,20 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
     base = root if root.is_dir() else root.parent
     stats = CorpusStats()
     splitter = WordSplitter()
+    warnings: list[str] = []
     chars = 0
 
     def lines():
         nonlocal chars
         for name in unit.files:
-            for doc in read_documents(base / name, base, stats, warn=lambda _msg: None):
+            for doc in read_documents(base / name, base, stats, warn=warnings.append):
                 yield from doc.lines
                 chars += sum(map(len, doc.lines))
                 if char_budget is not None and chars >= char_budget:
                     return
 
     counter = count_words(lines(), splitter)
-    return WordCounts.from_counter(unit.index, counter, stats.documents, stats.lines, chars)
+    return WordCounts.from_counter(unit.index, counter, stats.documents, stats.lines, chars, warnings)
 
 
 def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
@@ -176,9 +180,11 @@ def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequ
         raise ValueError(f"vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
     if not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
-    words = [w for w in counts if len(w) <= MAX_WORD_CHARS]
-    wcount = np.array([counts[w] for w in words], dtype=np.int64)
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    lengths = np.fromiter(map(len, counts), dtype=np.int64, count=len(counts))
+    keep = lengths <= MAX_WORD_CHARS
+    words = list(itertools.compress(counts, keep.tolist()))
+    wcount = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))[keep]
+    lengths = lengths[keep]
     wstart = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum(lengths, out=wstart[1:])
     cps = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -188,13 +194,16 @@ def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequ
     chars = np.unique(cps)
     cont = np.unique(cps[~first])
     base = len(SPECIAL_TOKENS)
-    sym = np.where(first, base + np.searchsorted(chars, cps), base + len(chars) + np.searchsorted(cont, cps))
+    ids = np.zeros((2, int(chars[-1]) + 1 if len(chars) else 1), dtype=np.int32)  # code point -> id, plain/##
+    ids[0, chars] = base + np.arange(len(chars), dtype=np.int32)
+    ids[1, cont] = base + len(chars) + np.arange(len(cont), dtype=np.int32)
+    sym = ids[(~first).astype(np.intp), cps]
     tokens = [*SPECIAL_TOKENS.values(), *map(chr, chars.tolist()), *("##" + chr(c) for c in cont.tolist())]
     spelled = [t.encode("utf-8", "surrogatepass") for t in tokens]
     tok_off = np.zeros(len(spelled) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in spelled], out=tok_off[1:])
     tok_bytes = np.frombuffer(b"".join(spelled), dtype=np.uint8).copy()
-    tok_off, tok_bytes, n_tok, _ = merge_loop(sym.astype(np.int32), wstart, wcount, tok_off, tok_bytes,
+    tok_off, tok_bytes, n_tok, _ = merge_loop(sym, wstart, wcount, tok_off, tok_bytes,
                                               len(tokens), vocab_size, min_frequency)  # fmt: skip
     blob = tok_bytes.tobytes()
     vocab = {blob[tok_off[i] : tok_off[i + 1]].decode("utf-8", "surrogatepass"): i for i in range(n_tok)}
