@@ -10,13 +10,15 @@ that bench/make_vocab_corpus.py makes (Python and Perl manuals + the sample, ~23
 documents are split by a hash of (file, document index): 10% held out, the rest written as JSON Lines
 files of about --unit-mb each (so that counting has several units to spread over the workers).
 
-Timed, interleaved per repeat, both from the training files to a finished tokenizer, reading included:
+Timed, interleaved per repeat, from the training files to a finished tokenizer, reading included, as wall
+time and as CPU time (this process's threads + its finished worker processes; steadier on a shared machine):
 - peer: our corpus reader -> `Tokenizer.train_from_iterator` with `trainers.WordPieceTrainer` (same
   options as our old code path: cased BERT normaliser, BERT pre-tokenizer, min_frequency 2), Rayon on all cores;
-- ours: `build.train_vocabulary` with --workers = all cores (spawned processes count the units).
-Also: ours with --workers 1 (the bytes must be identical) and ours on a sample of half the training text
-(`--vocab-sample-mb`). Quality: tokens per word on the held-out documents (words as the BERT
-pre-tokenizer splits them), and the share of [UNK]. Prints a table, writes bench/results/vocab.json.
+- ours: `build.train_vocabulary` with --workers = all cores (spawned processes count the units), and
+  with --workers 1 (in-process; the bytes must be identical).
+Also ours on a sample of half the training text (`--vocab-sample-mb`). Quality: tokens per word on the
+held-out documents (words as the BERT pre-tokenizer splits them), and the share of [UNK]. Prints a
+table, writes bench/results/vocab.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -100,45 +103,54 @@ def quality(tok: WordPieceTokenizer, held: list[str], words: int) -> dict:
             "vocab_size": tok.vocab_size}  # fmt: skip
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn, *args):
-    t0 = time.perf_counter()
+    """(result, (wall seconds, CPU seconds)): on a loaded machine the CPU time is the steadier measure."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     result = fn(*args)
-    return result, time.perf_counter() - t0
+    return result, (time.perf_counter() - t0, cpu_seconds() - c0)
 
 
 def compare(name: str, train_dir: Path, train_bytes: int, held: list[str], words: int, vocab_size: int,
             repeats: int, workers: int, unit_bytes: int) -> dict:  # fmt: skip
     """Time and score both trainers at one vocabulary size; print the rows; return the record."""
-    times: dict[str, list[float]] = {"peer": [], "ours": []}
+    times: dict[str, list[tuple[float, float]]] = {"peer": [], "ours": [], "ours1": []}
     peer_q = []
-    for _ in range(repeats):  # interleaved, so that load from other processes hits both alike
+    for _ in range(repeats):  # interleaved, so that load from other processes hits every variant alike
         tok, t = timed(train_peer, train_dir, vocab_size)
         times["peer"].append(t)
         peer_q.append(quality(tok, held, words))
         ours, t = timed(train_ours, train_dir, vocab_size, unit_bytes, workers)
         times["ours"].append(t)
-    one, t_one = timed(train_ours, train_dir, vocab_size, unit_bytes, 1)
+        one, t = timed(train_ours, train_dir, vocab_size, unit_bytes, 1)
+        times["ours1"].append(t)
     sampled, t_sample = timed(train_ours, train_dir, vocab_size, unit_bytes, workers, train_bytes // 2)
-    peer_t = statistics.median(times["peer"])
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
     peer_tpw = statistics.mean(q["tokens_per_word"] for q in peer_q)
     rows = {
-        "tokenizers WordPieceTrainer (peer)": (peer_t, {**peer_q[0], "tokens_per_word": peer_tpw}),
-        f"ours, --workers {workers}": (statistics.median(times["ours"]), quality(ours, held, words)),
-        "ours, --workers 1": (t_one, quality(one, held, words)),
+        "tokenizers WordPieceTrainer (peer)": (med["peer"], {**peer_q[0], "tokens_per_word": peer_tpw}),
+        f"ours, --workers {workers}": (med["ours"], quality(ours, held, words)),
+        "ours, --workers 1": (med["ours1"], quality(one, held, words)),
         "ours, sample = half the text": (t_sample, quality(sampled, held, words)),
     }
-    for trainer, (seconds, q) in rows.items():
-        print(f"{name:12s} {train_bytes / 1e6:5.1f} {vocab_size:6d} {trainer:34s} {seconds:8.2f} "
-              f"{seconds / peer_t:7.2f} {q['tokens_per_word']:9.4f} "
+    for trainer, ((wall, cpu), q) in rows.items():
+        print(f"{name:12s} {train_bytes / 1e6:5.1f} {vocab_size:6d} {trainer:34s} {wall:8.2f} "
+              f"{wall / med['peer'][0]:7.2f} {cpu:8.2f} {cpu / med['peer'][1]:7.2f} {q['tokens_per_word']:9.4f} "
               f"{q['tokens_per_word'] / peer_tpw - 1:+8.2%} {q['unk_share']:7.2%}")  # fmt: skip
     print(f"{'':12s} identical bytes for --workers 1 and {workers}: {one.sha256 == ours.sha256}")
     return {
         "corpus": name, "train_bytes": train_bytes, "heldout_lines": len(held), "heldout_words": words,
-        "vocab_size": vocab_size, "peer_seconds": times["peer"], "ours_seconds": times["ours"],
-        "ours_over_peer_time": statistics.median(times["ours"]) / peer_t,
+        "vocab_size": vocab_size, "wall_cpu_seconds": times,
+        "ours_over_peer_wall": med["ours"][0] / med["peer"][0], "ours_over_peer_cpu": med["ours"][1] / med["peer"][1],
         "peer_quality_per_repeat": peer_q,
-        "rows": {k: {"seconds": s, **q, "tokens_per_word_vs_peer": q["tokens_per_word"] / peer_tpw - 1}
-                 for k, (s, q) in rows.items()},
+        "rows": {k: {"wall_seconds": w, "cpu_seconds": c, **q,
+                     "tokens_per_word_vs_peer": q["tokens_per_word"] / peer_tpw - 1}
+                 for k, ((w, c), q) in rows.items()},
         "workers_1_equals_workers_n": one.sha256 == ours.sha256,
     }  # fmt: skip
 
@@ -159,8 +171,9 @@ def main() -> None:
         print(f"({args.docs} missing: run bench/make_vocab_corpus.py for the larger corpus)")
     splitter = WordSplitter()
     results = []
-    print(f"{'corpus':12s} {'MB':>5s} {'vocab':>6s} {'trainer':34s} {'seconds':>8s} {'x peer':>7s} "
-          f"{'tok/word':>9s} {'vs peer':>8s} {'[UNK]':>7s}")  # fmt: skip
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'corpus':12s} {'MB':>5s} {'vocab':>6s} {'trainer':34s} {'wall s':>8s} {'x peer':>7s} {'CPU s':>8s} "
+          f"{'x peer':>7s} {'tok/word':>9s} {'vs peer':>8s} {'[UNK]':>7s}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name, root in corpora.items():
             train_dir = Path(tmp) / name.replace(" ", "_").replace("+", "")
@@ -170,7 +183,7 @@ def main() -> None:
             for vocab_size in args.vocab_sizes:
                 results.append(compare(name, train_dir, train_bytes, held, words, vocab_size, args.repeats,
                                        args.workers, unit_bytes))  # fmt: skip
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = os.getloadavg()
     path = write_result("vocab", {"machine": machine_info(), "load_average_at_end": load, "workers": args.workers,
                                   "unit_mb": args.unit_mb, "repeats": args.repeats, "results": results})  # fmt: skip
     print(f"\nwrote {path}")
