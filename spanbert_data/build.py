@@ -73,7 +73,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
 
-    markers = _pass1(cfg, out, root, units, log)
+    markers = _pass1(cfg, out, root, units, tokenizer.sha256, log)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
@@ -199,18 +199,21 @@ def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_byte
 
 
 # ----------------------------------------------------------------------------------------------- workers
-_WORKER_TOKENIZER: WordPieceTokenizer | None = None
+# The tokenizer a process loaded for pass 1, keyed by (dataset, tokenizer hash): one process may run
+# several builds (workers=1 runs tasks in the caller's process), each with its own tokenizer.
+_WORKER_TOKENIZER: tuple[tuple[str, str], WordPieceTokenizer] | None = None
 
 
 def _init_worker(threads: int) -> None:
     set_tokenizer_threads(threads)
 
 
-def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int) -> dict:
+def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, tokenizer_sha256: str) -> dict:
     global _WORKER_TOKENIZER
-    if _WORKER_TOKENIZER is None:
-        _WORKER_TOKENIZER = load_tokenizer(out / TOKENIZER_FILE)
-    return build_unit(out, root, unit, _WORKER_TOKENIZER, max_content)
+    key = (str(out), tokenizer_sha256)
+    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[0] != key:
+        _WORKER_TOKENIZER = (key, load_tokenizer(out / TOKENIZER_FILE))
+    return build_unit(out, root, unit, _WORKER_TOKENIZER[1], max_content)
 
 
 def _run(tasks: list[tuple], fn, workers: int, on_done) -> None:
@@ -227,7 +230,7 @@ def _run(tasks: list[tuple], fn, workers: int, on_done) -> None:
             on_done(futures[fut], fut.result())
 
 
-def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], log) -> list[dict]:
+def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], tokenizer_sha256: str, log) -> list[dict]:
     markers: dict[int, dict] = {}
     todo = []
     for unit in units:
@@ -235,7 +238,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], log) -> l
         if unit_is_complete(out, unit, marker):
             markers[unit.index] = marker
         else:
-            todo.append((out, root, unit, cfg.max_content))
+            todo.append((out, root, unit, cfg.max_content, tokenizer_sha256))
     if markers:
         log(f"pass 1: {len(markers)} of {len(units)} units already done, resuming")
     progress = Progress("pass 1 (tokenize)", total=sum(t[2].bytes for t in todo), unit="B", log=log)

@@ -186,3 +186,16 @@ def test_quality_matches_the_tokenizers_trainer_on_held_out_text():
     peer_tpw = WordPieceTokenizer(peer).encode_lines(held)[0].size / words
     assert ours.vocab_size == 8000 and 1.1 < peer_tpw < 2.0
     assert abs(ours_tpw / peer_tpw - 1) < 0.02, (ours_tpw, peer_tpw)
+
+
+def test_two_builds_in_one_process_each_use_their_own_tokenizer(tmp_path):
+    """workers=1 runs pass 1 in the caller's process, which keeps the tokenizer it loaded: a second build
+    with another tokenizer must not reuse it (it did, and wrote ids of the first build's vocabulary)."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"".join(SAMPLE.read_bytes().splitlines(keepends=True)[:3]))
+    uncased = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
+    for name, tokenizer in (("given", uncased), ("trained", None)):
+        manifest = build_dataset(BuildConfig(corpus=corpus, out=tmp_path / name, tokenizer=tokenizer, vocab_size=2000),
+                                 log=lambda _m: None)  # fmt: skip
+        tok = load_tokenizer(tmp_path / name / "tokenizer.json")
+        assert manifest["tokenizer"]["vocab_size"] == tok.vocab_size == len(manifest["unigram_counts"])
