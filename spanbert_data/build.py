@@ -21,13 +21,14 @@ import numpy as np
 
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
+from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.progress import Progress
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
 from spanbert_data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, atomic_write_json, sha256_file
 from spanbert_data.store import Unit, build_unit, plan_units, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads, train_wordpiece
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads
+from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
 BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
 TOKENIZER_FILE = "tokenizer.json"
@@ -63,7 +64,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
         manifest = json.loads(manifest_path.read_text())
         log(f"{out}: build already complete ({manifest['blocks']} blocks); nothing to do")
         return manifest
-    tokenizer = _ensure_tokenizer(cfg, out, files, root, log)
+    tokenizer = _ensure_tokenizer(cfg, out, units, root, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -160,7 +161,7 @@ def _remove_stale_temps(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path, log) -> WordPieceTokenizer:
+def _ensure_tokenizer(cfg: BuildConfig, out: Path, units: list[Unit], root: Path, log) -> WordPieceTokenizer:
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -168,22 +169,40 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        log(f"training a cased WordPiece vocabulary of {cfg.vocab_size} on {root} ...")
-        base = root if root.is_dir() else root.parent
-        stats = CorpusStats()
-
-        def lines():
-            for path in files:
-                for doc in read_documents(path, base, stats, warn=lambda _msg: None):
-                    yield from doc.lines
-
-        tokenizer = train_wordpiece(lines(), vocab_size=cfg.vocab_size)
+        tokenizer, _ = train_vocabulary(root, units, cfg.vocab_size, cfg.vocab_sample_bytes, cfg.workers, log)
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
 
 
+def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_bytes: int, workers: int,
+                     log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
+    unit are counted as a task of its own (in `workers` processes), the counts summed in unit order, then
+    merged in this process. Returns the tokenizer and what it was trained on (documents, lines, chars, words,
+    the corpus reader's warnings)."""
+    started = time.perf_counter()
+    plan = sample_units(units, sample_bytes)
+    sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
+    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
+        f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
+    parts: dict[int, WordCounts] = {}
+    _run([(root, u, budget) for u, budget in plan], count_unit_words, workers,
+         lambda args, result: parts.__setitem__(args[1].index, result))  # fmt: skip
+    ordered = [parts[u.index] for u, _ in plan]
+    counts = merge_counts(ordered)
+    tokenizer = train_from_counts(counts, vocab_size)
+    info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
+    info["words"] = len(counts)
+    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
+    log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
+        f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
+    return tokenizer, info
+
+
 # ----------------------------------------------------------------------------------------------- workers
+# The tokenizer a process loaded for pass 1, keyed by (its file's bytes, encoder): one process may run
+# several builds (workers=1 runs tasks in the caller's process), each with its own tokenizer.
 _WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
 
 
