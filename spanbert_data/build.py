@@ -23,7 +23,7 @@ import numpy as np
 from spanbert_data import __version__
 from spanbert_data import tokenizer as tokenizer_module
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
+from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
 from spanbert_data.executor import Executor, ExecutorError, make_executor
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.progress import Progress
@@ -37,8 +37,9 @@ from spanbert_data.shards import (
     sha256_file,
 )
 from spanbert_data.store import build_unit, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads, train_wordpiece
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
+from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
 BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
 TOKENIZER_FILE = "tokenizer.json"
@@ -83,7 +84,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
 
 def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
            previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
-    tokenizer = _ensure_tokenizer(cfg, out, files, root, log)
+    tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -180,7 +181,8 @@ def _remove_stale_temps(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path, log) -> WordPieceTokenizer:
+def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
+                      log) -> WordPieceTokenizer:  # fmt: skip
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -188,19 +190,61 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, files: list[Path], root: Path
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        log(f"training a cased WordPiece vocabulary of {cfg.vocab_size} on {root} ...")
-        base = root if root.is_dir() else root.parent
-        stats = CorpusStats()
-
-        def lines():
-            for path in files:
-                for doc in read_documents(path, base, stats, warn=lambda _msg: None):
-                    yield from doc.lines
-
-        tokenizer = train_wordpiece(lines(), vocab_size=cfg.vocab_size)
+        tokenizer, _ = train_vocabulary(root, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
+
+
+def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
+                     log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
+    unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed in
+    unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
+    lines, chars, words, the corpus reader's warnings)."""
+    started = time.perf_counter()
+    units = vocab_units(sources)
+    plan = sample_units(units, sample_bytes)
+    sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
+    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
+        f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
+    parts: dict[str, WordCounts] = {}
+    prefix = _task_prefix(root, "vocab")
+    _run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
+               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
+    ordered = [parts[u.key] for u, _ in plan]
+    counts = merge_counts(ordered)
+    tokenizer = train_from_counts(counts, vocab_size)
+    info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
+    info["words"] = len(counts)
+    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
+    log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
+        f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
+    return tokenizer, info
+
+
+def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
+                      scheduler: str | None = None, log: Callable[[str], None] = _stderr,
+                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
+    so the result is the tokenizer `build` would train with the same options."""
+    corpus = Path(corpus)
+    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
+    sources = plan_sources(files, corpus, unit_bytes)
+    with make_executor(workers, scheduler, log) as executor:
+        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
+
+
+def vocab_units(sources: list[Source]) -> list[Unit]:
+    """The units the vocabulary sample is drawn from: pass 1's units, except that a compressed file that only
+    one reader can decompress ("stream") is one unit of its own, read from its start by one task."""
+    units: list[Unit] = []
+    for source in sources:
+        if source.kind == "stream":
+            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
+        else:
+            units.extend(source.units())
+    return units
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -240,6 +284,16 @@ def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: st
     if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
         _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
     return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
+
+
+def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
+    if not root.exists():
+        raise BuildError(
+            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
+            "worker mounts at the same path (see README, Building on a cluster)"
+        )
+    _limit_threads_on_dask()
+    return count_unit_words(root, unit, char_budget)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:

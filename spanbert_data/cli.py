@@ -48,6 +48,8 @@ def main():
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus).")
 @click.option("--vocab-size", default=28996, show_default=True, help="Vocabulary size when training one.")
+@click.option("--vocab-sample-mb", default=1024.0, show_default=True,
+              help="Train the vocabulary on about this much of the input (units chosen by hash); 0 = all of it.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (output bytes never depend on it).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on Dask: tcp://HOST:8786 (an existing cluster sharing the output filesystem) or 'local' "
@@ -69,8 +71,8 @@ def main():
 @click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
               help="Distribution of the 10% random replacements.")
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, workers, scheduler, encoder, max_seq_len, seed, mask_epochs,
-          valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
+def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
+          mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
           replacement):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     from spanbert_data.build import build_dataset
@@ -79,8 +81,8 @@ def build(corpus, out, tokenizer, vocab_size, workers, scheduler, encoder, max_s
 
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, workers=workers,
-                      scheduler=scheduler,
+    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size,
+                      vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers, scheduler=scheduler,
                       encoder=encoder,
                       max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
                       rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * (1 << 20)),
@@ -97,26 +99,26 @@ def build(corpus, out, tokenizer, vocab_size, workers, scheduler, encoder, max_s
 @click.option("--corpus", type=click.Path(path_type=Path), required=True, help="Corpus file or directory.")
 @click.option("--vocab-size", default=28996, show_default=True, help="Number of WordPiece entries.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="tokenizer.json to write.")
+@click.option("--vocab-sample-mb", default=1024.0, show_default=True,
+              help="Train on about this much of the input (units chosen by hash); 0 = all of it.")
+@click.option("--unit-mb", default=64.0, show_default=True, help="Input is counted in units of about this size.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (the result never depends on it).")
+@click.option("--scheduler", metavar="ADDRESS", help="Count on Dask: tcp://HOST:8786 or 'local' (as for build).")
 @user_errors
-def vocab(corpus, vocab_size, out):
-    """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1)."""
-    from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
-    from spanbert_data.tokenizer import train_wordpiece
+def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
+    """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
+    from spanbert_data.build import corpus_vocabulary
 
-    stats = CorpusStats()
-    files = list_corpus_files(corpus, stats, warn=lambda m: click.echo(f"warning: {m}", err=True))
-    base = corpus if corpus.is_dir() else corpus.parent
-
-    def lines():
-        for path in files:
-            for doc in read_documents(path, base, stats, warn=lambda m: click.echo(f"warning: {m}", err=True)):
-                yield from doc.lines
-
-    tok = train_wordpiece(lines(), vocab_size=vocab_size)
-    if stats.documents == 0:
+    if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
+        raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
+    tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * (1 << 20)), int(unit_mb * (1 << 20)),
+                                  workers, scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if info["documents"] == 0:
         raise CorpusError(f"no readable text under {corpus}; nothing to train on")
     tok.save(out)
-    click.echo(f"wrote {out}: {tok.vocab_size} entries from {stats.documents} documents, {stats.lines} lines")
+    click.echo(f"wrote {out}: {tok.vocab_size} entries from {info['documents']} documents, {info['lines']} lines")
 
 
 @main.command()

@@ -21,6 +21,8 @@ class BuildConfig:
     """A HF tokenizer.json or a BERT vocab.txt; None trains a cased WordPiece on the corpus first (SPEC §1)."""
     vocab_size: int = 28996
     """Size of the vocabulary trained when no tokenizer is given (BERT-cased size)."""
+    vocab_sample_bytes: int = 1024 * MiB
+    """The vocabulary is trained on about this many bytes of input units (docs/FORMAT.md); 0 = the whole corpus."""
     workers: int = 1
     """Worker processes (or, with `scheduler="local"`, Dask workers); the bytes written never depend on it."""
     scheduler: str | None = None
@@ -60,6 +62,8 @@ class BuildConfig:
             raise ValueError("rows_per_shard must be >= 1")
         if self.vocab_size < 100:
             raise ValueError("vocab_size must be >= 100")
+        if self.vocab_sample_bytes < 0:
+            raise ValueError("vocab_sample_bytes must be >= 0")
         if self.unit_bytes < 1:
             raise ValueError("unit_bytes must be >= 1")
         self.masking.validate()

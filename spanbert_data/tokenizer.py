@@ -25,7 +25,7 @@ from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 # The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -40,7 +40,7 @@ _FAST_CHUNK_LINES = 1 << 16  # the compiled encoder's batch: a few MB of text, a
 ENCODERS = ("auto", "fast", "hf")
 
 _get_ids = attrgetter("ids")
-_pool_started = False  # set by the first encode or training; RAYON_NUM_THREADS is read only then
+_pool_started = False  # set by the first encode; RAYON_NUM_THREADS is read only then
 _threads: int | None = None  # set_tokenizer_threads(); None: all cores
 
 
@@ -59,7 +59,7 @@ def set_tokenizer_threads(n: int) -> None:
         raise ValueError(f"tokenizer threads must be an integer >= 1, got {n!r}")
     if _pool_started:
         raise RuntimeError(
-            "set_tokenizer_threads() must be called before the process first encodes or trains a tokenizer"
+            "set_tokenizer_threads() must be called before the process first encodes with a tokenizer"
         )
     global _threads
     os.environ["RAYON_NUM_THREADS"] = str(n)
@@ -332,23 +332,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency
     """Train a cased BERT WordPiece vocabulary on texts (SPEC §1, used when no --tokenizer is given).
 
     BERT normaliser without lower-casing (accents kept), BERT pre-tokenizer, `##` continuation prefix,
-    the five specials at ids 0..4. A small corpus may yield fewer than vocab_size entries.
+    the five specials at ids 0..4. Deterministic: the result depends on the texts and the arguments only
+    (spanbert_data/vocab.py, docs/FORMAT.md "Vocabulary"). A small corpus may yield fewer than vocab_size entries.
     """
-    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
-    if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
-    global _pool_started
-    _pool_started = True  # training runs on the same Rayon pool
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
-    _bert_pipeline(tok, lowercase=False)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    _bert_post_processor(tok)
-    return WordPieceTokenizer(tok, "<trained WordPiece>")
+    from spanbert_data.vocab import count_words, train_from_counts  # vocab.py imports this module
+
+    return train_from_counts(count_words(texts), vocab_size=vocab_size, min_frequency=min_frequency)

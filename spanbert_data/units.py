@@ -56,7 +56,7 @@ class Unit:
     sub: int
     kind: str  # "files", "range", "streams" or "stream"
     files: tuple[str, ...]  # paths relative to the corpus root (one file unless kind == "files")
-    bytes: int  # input bytes (compressed bytes for compressed input; decoded text for "stream")
+    bytes: int  # bytes of text, about (a compressed file counts COMPRESSION_RATIO x its size; "stream": exact)
     fmt: str = ""  # the file's text format (sniffed once for the whole file) unless kind == "files"
     start: int = 0  # cut offsets in the file for "range" / "streams"
     end: int = 0
@@ -87,9 +87,14 @@ class Source:
     index: int
     kind: str
     files: tuple[str, ...]
-    bytes: int
+    bytes: int  # file bytes ("files": the group's weight, compressed files counting COMPRESSION_RATIO x)
     fmt: str = ""
     cuts: tuple[int, ...] = ()  # "range"/"streams": 0 = c0 < c1 < ... < cn = file size
+
+    @property
+    def text_bytes(self) -> int:
+        """About how many bytes of text the source holds (compressed files count COMPRESSION_RATIO x their size)."""
+        return self.bytes * COMPRESSION_RATIO if self.kind in ("streams", "stream") else self.bytes
 
     def units(self) -> list[Unit]:
         """The units of this source; a "stream" source finds its own while it is read (`split_stream`)."""
@@ -97,8 +102,9 @@ class Source:
             return [Unit(self.index, 0, "files", self.files, self.bytes)]
         if self.kind == "stream":
             raise ValueError("a stream source's units are only known once it is read")
+        ratio = COMPRESSION_RATIO if self.kind == "streams" else 1
         return [
-            Unit(self.index, j, self.kind, self.files, hi - lo, self.fmt, lo, hi, last=hi == self.cuts[-1])
+            Unit(self.index, j, self.kind, self.files, (hi - lo) * ratio, self.fmt, lo, hi, last=hi == self.cuts[-1])
             for j, (lo, hi) in enumerate(zip(self.cuts[:-1], self.cuts[1:], strict=True))
         ]
 

@@ -19,7 +19,6 @@ from tests.faults.helpers import (
     DATA_CLI,
     ENV,
     EXAMPLE,
-    VOCAB,
     assert_clean_error,
     dataset_bytes,
     run,
@@ -30,8 +29,8 @@ from tests.faults.helpers import (
 
 distributed = pytest.importorskip("distributed")
 
-# ~10 input units of the bundled sample, small shards: several seconds of tasks for a kill to land in.
-OPTIONS = ["--unit-mb", "0.25", "--rows-per-shard", "128", "--max-seq-len", "128", "--tokenizer", str(VOCAB)]
+# Small units and shards: many tasks, so that a kill lands in the middle of the build.
+OPTIONS = ["--unit-mb", "0.25", "--rows-per-shard", "128", "--max-seq-len", "128", "--vocab-size", "3000"]
 
 
 class Cluster:
@@ -69,8 +68,11 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """The sample three times over (~8 MB, ~30 units): enough tasks that a kill lands mid-build."""
     tmp = tmp_path_factory.mktemp("dask")
-    corpus = split_corpus(EXAMPLE, tmp / "corpus", pieces=3)
+    tripled = tmp / "tripled.jsonl"
+    tripled.write_bytes(EXAMPLE.read_bytes() * 3)
+    corpus = split_corpus(tripled, tmp / "corpus", pieces=3)
     local = tmp / "local"
     done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", local, *OPTIONS])
     assert done.returncode == 0, done.stderr[-3000:]

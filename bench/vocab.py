@@ -1,0 +1,191 @@
+"""Vocabulary training: our deterministic WordPiece trainer against the HF `tokenizers` WordPiece trainer.
+
+Claims (issue 10): on held-out text, tokens per word within 2% of a vocabulary of the same size from the
+`tokenizers` trainer, and training time at most 2x that trainer's, on the same corpus and cores.
+
+    .venv/bin/python bench/vocab.py [--docs /tmp/spanbert-vocab-corpus] [--vocab-sizes 8000 28996] [--repeats 3]
+
+Corpora: the bundled Wikipedia sample (examples/wiki, 2.6 MB) and, when present, the larger docs corpus
+that bench/make_vocab_corpus.py makes (Python and Perl manuals + the sample, ~23 MB). Each corpus's
+documents are split by a hash of (file, document index): 10% held out, the rest written as JSON Lines
+files of about --unit-mb each (so that counting has several units to spread over the workers).
+
+Timed, interleaved per repeat, from the training files to a finished tokenizer, reading included, as wall
+time and as CPU time (this process's threads + its finished worker processes; steadier on a shared machine):
+- peer: our corpus reader -> `Tokenizer.train_from_iterator` with `trainers.WordPieceTrainer` (same
+  options as our old code path: cased BERT normaliser, BERT pre-tokenizer, min_frequency 2), Rayon on all cores;
+- ours: `build.train_vocabulary` with --workers = all cores (spawned processes count the units), and
+  with --workers 1 (in-process; the bytes must be identical).
+Also ours on a sample of half the training text (`--vocab-sample-mb`). Quality: tokens per word on the
+held-out documents (words as the BERT pre-tokenizer splits them), and the share of [UNK]. Prints a
+table, writes bench/results/vocab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, write_result  # noqa: E402
+
+from spanbert_data.build import corpus_vocabulary  # noqa: E402
+from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents  # noqa: E402
+from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor  # noqa: E402
+from spanbert_data.vocab import WordSplitter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"
+DOCS = Path(tempfile.gettempdir()) / "spanbert-vocab-corpus"
+
+
+def split_corpus(root: Path, dest: Path, unit_bytes: int) -> tuple[list[str], int]:
+    """Write the training documents of root as JSONL files of ~unit_bytes under dest; return held-out lines."""
+    base = root if root.is_dir() else root.parent
+    held: list[str] = []
+    out, size, k, written = None, 0, 0, 0
+    dest.mkdir(parents=True)
+    for path in list_corpus_files(root):
+        rel = path.relative_to(base).as_posix()
+        for i, doc in enumerate(read_documents(path, base, CorpusStats(), warn=lambda _m: None)):
+            if hashlib.sha256(f"{rel}\0{i}".encode()).digest()[0] < 26:  # ~10%
+                held += doc.lines
+                continue
+            if out is None or size >= unit_bytes:
+                if out is not None:
+                    out.close()
+                out, size, k = open(dest / f"train-{k:04d}.jsonl", "w", encoding="utf-8"), 0, k + 1
+            line = json.dumps({"text": "\n".join(doc.lines)}, ensure_ascii=False) + "\n"
+            out.write(line)
+            size += len(line.encode())
+            written += len(line.encode())
+    if out is not None:
+        out.close()
+    return held, written
+
+
+def train_peer(train_dir: Path, vocab_size: int) -> WordPieceTokenizer:
+    """The HF `tokenizers` WordPiece trainer, as our code ran it before issue 10 (not deterministic)."""
+    from tokenizers import Tokenizer, models, trainers
+
+    def lines():
+        for path in list_corpus_files(train_dir):
+            for doc in read_documents(path, train_dir, CorpusStats(), warn=lambda _m: None):
+                yield from doc.lines
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
+    _bert_pipeline(tok, lowercase=False)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                        special_tokens=list(SPECIAL_TOKENS.values()),
+                                        continuing_subword_prefix="##")  # fmt: skip
+    tok.train_from_iterator(lines(), trainer)
+    _bert_post_processor(tok)
+    return WordPieceTokenizer(tok, "<tokenizers WordPieceTrainer>")
+
+
+def train_ours(train_dir: Path, vocab_size: int, unit_bytes: int, workers: int, sample_bytes: int = 0):
+    return corpus_vocabulary(train_dir, vocab_size, sample_bytes, unit_bytes, workers, log=lambda _m: None)[0]
+
+
+def quality(tok: WordPieceTokenizer, held: list[str], words: int) -> dict:
+    flat, _ = tok.encode_lines(held)
+    return {"tokens_per_word": flat.size / words, "unk_share": float((flat == tok.special_ids["unk"]).mean()),
+            "vocab_size": tok.vocab_size}  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args):
+    """(result, (wall seconds, CPU seconds)): on a loaded machine the CPU time is the steadier measure."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    result = fn(*args)
+    return result, (time.perf_counter() - t0, cpu_seconds() - c0)
+
+
+def compare(name: str, train_dir: Path, train_bytes: int, held: list[str], words: int, vocab_size: int,
+            repeats: int, workers: int, unit_bytes: int) -> dict:  # fmt: skip
+    """Time and score both trainers at one vocabulary size; print the rows; return the record."""
+    times: dict[str, list[tuple[float, float]]] = {"peer": [], "ours": [], "ours1": []}
+    peer_q = []
+    for _ in range(repeats):  # interleaved, so that load from other processes hits every variant alike
+        tok, t = timed(train_peer, train_dir, vocab_size)
+        times["peer"].append(t)
+        peer_q.append(quality(tok, held, words))
+        ours, t = timed(train_ours, train_dir, vocab_size, unit_bytes, workers)
+        times["ours"].append(t)
+        one, t = timed(train_ours, train_dir, vocab_size, unit_bytes, 1)
+        times["ours1"].append(t)
+    sampled, t_sample = timed(train_ours, train_dir, vocab_size, unit_bytes, workers, train_bytes // 2)
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
+    peer_tpw = statistics.mean(q["tokens_per_word"] for q in peer_q)
+    rows = {
+        "tokenizers WordPieceTrainer (peer)": (med["peer"], {**peer_q[0], "tokens_per_word": peer_tpw}),
+        f"ours, --workers {workers}": (med["ours"], quality(ours, held, words)),
+        "ours, --workers 1": (med["ours1"], quality(one, held, words)),
+        "ours, sample = half the text": (t_sample, quality(sampled, held, words)),
+    }
+    for trainer, ((wall, cpu), q) in rows.items():
+        print(f"{name:12s} {train_bytes / 1e6:5.1f} {vocab_size:6d} {trainer:34s} {wall:8.2f} "
+              f"{wall / med['peer'][0]:7.2f} {cpu:8.2f} {cpu / med['peer'][1]:7.2f} {q['tokens_per_word']:9.4f} "
+              f"{q['tokens_per_word'] / peer_tpw - 1:+8.2%} {q['unk_share']:7.2%}")  # fmt: skip
+    print(f"{'':12s} identical bytes for --workers 1 and {workers}: {one.sha256 == ours.sha256}")
+    return {
+        "corpus": name, "train_bytes": train_bytes, "heldout_lines": len(held), "heldout_words": words,
+        "vocab_size": vocab_size, "wall_cpu_seconds": times,
+        "ours_over_peer_wall": med["ours"][0] / med["peer"][0], "ours_over_peer_cpu": med["ours"][1] / med["peer"][1],
+        "peer_quality_per_repeat": peer_q,
+        "rows": {k: {"wall_seconds": w, "cpu_seconds": c, **q,
+                     "tokens_per_word_vs_peer": q["tokens_per_word"] / peer_tpw - 1}
+                 for k, ((w, c), q) in rows.items()},
+        "workers_1_equals_workers_n": one.sha256 == ours.sha256,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=Path, default=DOCS, help="the larger corpus (bench/make_vocab_corpus.py)")
+    ap.add_argument("--vocab-sizes", type=int, nargs="+", default=[8000, 28996])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--unit-mb", type=float, default=4.0)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    unit_bytes = int(args.unit_mb * (1 << 20))
+    corpora = {"wiki sample": SAMPLE}
+    if args.docs.exists():
+        corpora["docs + wiki"] = args.docs
+    else:
+        print(f"({args.docs} missing: run bench/make_vocab_corpus.py for the larger corpus)")
+    splitter = WordSplitter()
+    results = []
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'corpus':12s} {'MB':>5s} {'vocab':>6s} {'trainer':34s} {'wall s':>8s} {'x peer':>7s} {'CPU s':>8s} "
+          f"{'x peer':>7s} {'tok/word':>9s} {'vs peer':>8s} {'[UNK]':>7s}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, root in corpora.items():
+            train_dir = Path(tmp) / name.replace(" ", "_").replace("+", "")
+            held, train_bytes = split_corpus(root, train_dir, unit_bytes)
+            words = sum(len(splitter.words("\n".join(held[i : i + 2000]))) for i in range(0, len(held), 2000))
+            train_ours(train_dir, 200, unit_bytes, 1)  # warm-up: Numba cache, imports
+            for vocab_size in args.vocab_sizes:
+                results.append(compare(name, train_dir, train_bytes, held, words, vocab_size, args.repeats,
+                                       args.workers, unit_bytes))  # fmt: skip
+    load = os.getloadavg()
+    path = write_result("vocab", {"machine": machine_info(), "load_average_at_end": load, "workers": args.workers,
+                                  "unit_mb": args.unit_mb, "repeats": args.repeats, "results": results})  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

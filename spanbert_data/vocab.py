@@ -1,0 +1,225 @@
+"""Deterministic WordPiece vocabulary training (SPEC §1; the rule is in docs/FORMAT.md, "Vocabulary").
+
+The trained `tokenizer.json` is a pure function of the corpus bytes and the options: the same bytes for
+any number of workers or threads, any `PYTHONHASHSEED`, on any machine with the same library versions.
+
+    units ─▶ [count_unit_words, one task per unit, any process] word counts ─▶ merge_counts (unit order)
+          ─▶ train_from_counts: alphabet + merge loop (wordpiece_merges.py, Numba) ─▶ WordPieceTokenizer
+
+Words are what the saved tokenizer will see at encode time: the text goes through its own BERT
+normaliser (HF `tokenizers`, in large chunks), and is split the way its BERT pre-tokenizer splits
+(whitespace dropped, every punctuation character a word of its own). The split itself is a regular
+expression whose character classes are filled by asking that pre-tokenizer about each new character,
+which is exact and much faster than `pre_tokenize_str` (that builds a tuple per word).
+
+A large corpus is sampled (`--vocab-sample-mb`): whole units in a fixed hash order until the budget is
+reached, the last one only up to the rest of the budget (`sample_units`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+
+from spanbert_data.corpus import CorpusStats
+from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
+from spanbert_data.units import Unit, unit_documents
+
+MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
+MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
+_CHUNK_CHARS = 1 << 16  # text normalised and split at once: large enough to amortise the calls
+
+
+class WordSplitter:
+    """Words of text exactly as the cased BERT normaliser + BERT pre-tokenizer of the saved tokenizer make them."""
+
+    def __init__(self) -> None:
+        self._normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+        )
+        self._pre = pre_tokenizers.BertPreTokenizer()
+        self._kind: dict[str, int] = {}  # character -> 0 whitespace, 1 punctuation, 2 word character
+        self._pattern: re.Pattern | None = None
+
+    def _classify(self, chars: set[str]) -> None:
+        for c in sorted(chars):
+            pieces = [w for w, _ in self._pre.pre_tokenize_str(f"a{c}a")]
+            self._kind[c] = 0 if pieces == ["a", "a"] else 1 if pieces == ["a", c, "a"] else 2
+        cls = {k: "".join(re.escape(c) for c in sorted(c for c, v in self._kind.items() if v == k)) for k in (0, 1)}
+        punct = f"[{cls[1]}]|" if cls[1] else ""
+        self._pattern = re.compile(f"{punct}[^{cls[0]}{cls[1]}]+" if cls[0] or cls[1] else r"[\s\S]+")
+
+    def words(self, text: str) -> list[str]:
+        """The pre-tokenized words of text (lines may be joined with "\\n": it is whitespace)."""
+        text = self._normalizer.normalize_str(text)
+        new = set(text).difference(self._kind)
+        if new or self._pattern is None:
+            self._classify(new)
+        return self._pattern.findall(text)
+
+
+def count_words(lines: Iterable[str], splitter: WordSplitter | None = None) -> Counter:
+    """Word -> count over lines, normalised and split in chunks of about 64 K characters."""
+    splitter = splitter or WordSplitter()
+    counts: Counter = Counter()
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if size >= _CHUNK_CHARS:
+            counts.update(splitter.words("\n".join(chunk)))
+            chunk, size = [], 0
+    if chunk:
+        counts.update(splitter.words("\n".join(chunk)))
+    return counts
+
+
+@dataclass
+class WordCounts:
+    """The word counts of one unit, compact for pickling: words joined by "\\n" (never inside a word)."""
+
+    unit: str  # the unit's key, "SSSSS-JJJJJ"
+    words: str
+    counts: np.ndarray  # int64, one per word
+    documents: int
+    lines: int
+    chars: int
+    warnings: list[str]  # the corpus reader's first warnings (skipped files, bad lines)
+
+    @classmethod
+    def from_counter(cls, unit: str, counter: Counter, documents: int, lines: int, chars: int,
+                     warnings: list[str]) -> WordCounts:  # fmt: skip
+        counts = np.fromiter(counter.values(), dtype=np.int64, count=len(counter))
+        return cls(unit, "\n".join(counter), counts, documents, lines, chars, warnings[:100])
+
+    def items(self) -> Iterable[tuple[str, int]]:
+        return zip(self.words.split("\n"), self.counts.tolist(), strict=True) if len(self.counts) else iter(())
+
+
+def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> WordCounts:
+    """Count the words of one unit (a task of its own: top-level and picklable, run in any process).
+
+    With char_budget, only the unit's first documents are read, until their text holds char_budget
+    characters (the document crossing the budget is counted whole)."""
+    base = root if root.is_dir() else root.parent
+    stats = CorpusStats()
+    splitter = WordSplitter()
+    warnings: list[str] = []
+    chars = 0
+
+    def lines():
+        nonlocal chars
+        for doc in unit_documents(base, unit, stats, warnings.append):
+            yield from doc.lines
+            chars += sum(map(len, doc.lines))
+            if char_budget is not None and chars >= char_budget:
+                return
+
+    counter = count_words(lines(), splitter)
+    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, chars, warnings)
+
+
+def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
+    """Sum the counts of several units (pass them in unit order: the dict's order is then fixed too)."""
+    total: dict[str, int] = {}
+    get = total.get
+    for part in parts:
+        for word, n in part.items():
+            total[word] = get(word, 0) + n
+    return total
+
+
+def _rank(unit: Unit) -> int:
+    """SplitMix64 of a unit's (source, sub) key: the order in which units enter a sample."""
+    z = ((unit.source << 24 | unit.sub) + 0x564F434142) * 0x9E3779B97F4A7C15 & (1 << 64) - 1
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & (1 << 64) - 1
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & (1 << 64) - 1
+    return z ^ (z >> 31)
+
+
+def sample_units(units: list[Unit], sample_bytes: int) -> list[tuple[Unit, int | None]]:
+    """The units a vocabulary is counted on, in unit order, each with its character budget (None = whole).
+
+    All units when they hold at most sample_bytes of text (or sample_bytes is 0). Otherwise units are
+    taken in the order of `_rank(unit)`, whole while their text bytes (`Unit.bytes`) fit in the budget; the
+    first that does not fit is read only up to the remaining budget (in characters of text), and the
+    sample ends."""
+    def order(u: Unit) -> tuple[int, int]:
+        return u.source, u.sub
+
+    if sample_bytes <= 0 or sum(u.bytes for u in units) <= sample_bytes:
+        return [(u, None) for u in sorted(units, key=order)]
+    chosen: dict[str, int | None] = {}
+    left = sample_bytes
+    for u in sorted(units, key=_rank):
+        if u.bytes <= left:
+            chosen[u.key] = None
+            left -= u.bytes
+        else:
+            if left > 0:
+                chosen[u.key] = left
+            break
+    return [(u, chosen[u.key]) for u in sorted(units, key=order) if u.key in chosen]
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequency: int = MIN_FREQUENCY,
+                      ) -> WordPieceTokenizer:  # fmt: skip
+    """A cased BERT WordPiece tokenizer whose vocabulary is learnt from word counts (module docstring).
+
+    At most vocab_size entries (fewer when the merges run out; more only when the specials and the
+    alphabet alone exceed it). Words longer than MAX_WORD_CHARS are left out: they encode as [UNK]."""
+    from spanbert_data.wordpiece_merges import merge_loop  # Numba: compiled (or loaded) on first use
+
+    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+    lengths = np.fromiter(map(len, counts), dtype=np.int64, count=len(counts))
+    keep = lengths <= MAX_WORD_CHARS
+    words = list(itertools.compress(counts, keep.tolist()))
+    wcount = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))[keep]
+    lengths = lengths[keep]
+    wstart = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=wstart[1:])
+    cps = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    first = np.zeros(len(cps), dtype=bool)
+    first[wstart[:-1][lengths > 0]] = True
+    # ids: specials, every character (code-point order), then "##" + each non-initial character
+    chars = np.unique(cps)
+    cont = np.unique(cps[~first])
+    base = len(SPECIAL_TOKENS)
+    ids = np.zeros((2, int(chars[-1]) + 1 if len(chars) else 1), dtype=np.int32)  # code point -> id, plain/##
+    ids[0, chars] = base + np.arange(len(chars), dtype=np.int32)
+    ids[1, cont] = base + len(chars) + np.arange(len(cont), dtype=np.int32)
+    sym = ids[(~first).astype(np.intp), cps]
+    tokens = [*SPECIAL_TOKENS.values(), *map(chr, chars.tolist()), *("##" + chr(c) for c in cont.tolist())]
+    spelled = [t.encode("utf-8", "surrogatepass") for t in tokens]
+    tok_off = np.zeros(len(spelled) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in spelled], out=tok_off[1:])
+    tok_bytes = np.frombuffer(b"".join(spelled), dtype=np.uint8).copy()
+    tok_off, tok_bytes, n_tok, _ = merge_loop(sym, wstart, wcount, tok_off, tok_bytes,
+                                              len(tokens), vocab_size, min_frequency)  # fmt: skip
+    blob = tok_bytes.tobytes()
+    vocab = {blob[tok_off[i] : tok_off[i + 1]].decode("utf-8", "surrogatepass"): i for i in range(n_tok)}
+    assert len(vocab) == n_tok, "duplicate token in a trained vocabulary"
+    return wordpiece_tokenizer(vocab)
+
+
+def wordpiece_tokenizer(vocab: dict[str, int]) -> WordPieceTokenizer:
+    """The cased BERT `tokenizer.json` around a vocabulary: BERT normaliser and pre-tokenizer, `##` WordPiece,
+    the specials as special added tokens, `[CLS] A [SEP]` templates (what `transformers` expects)."""
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                     max_input_chars_per_word=MAX_WORD_CHARS))  # fmt: skip
+    _bert_pipeline(tok, lowercase=False)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
+    _bert_post_processor(tok)
+    return WordPieceTokenizer(tok, "<trained WordPiece>")
