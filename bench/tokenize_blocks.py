@@ -27,8 +27,9 @@ from common import machine_info, write_result  # noqa: E402
 from spanbert_data.build import build_dataset  # noqa: E402
 from spanbert_data.config import BuildConfig  # noqa: E402
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents  # noqa: E402
-from spanbert_data.store import Unit, build_unit  # noqa: E402
+from spanbert_data.store import build_unit  # noqa: E402
 from spanbert_data.tokenizer import load_tokenizer  # noqa: E402
+from spanbert_data.units import Unit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def main() -> None:
 
         def pass1():
             out = tmp / "out"
-            marker = build_unit(out, tmp / "corpus", Unit(0, ("wiki.txt",), nbytes), tok, 510)
+            marker = build_unit(out, tmp / "corpus", Unit(0, 0, "files", ("wiki.txt",), nbytes), tok, 510)
             return marker["tokens"]
 
         runs = iter(range(1 << 30))

@@ -37,9 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_result  # noqa: E402
 
-from spanbert_data.build import train_vocabulary  # noqa: E402
+from spanbert_data.build import corpus_vocabulary  # noqa: E402
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents  # noqa: E402
-from spanbert_data.store import plan_units  # noqa: E402
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor  # noqa: E402
 from spanbert_data.vocab import WordSplitter  # noqa: E402
 
@@ -93,8 +92,7 @@ def train_peer(train_dir: Path, vocab_size: int) -> WordPieceTokenizer:
 
 
 def train_ours(train_dir: Path, vocab_size: int, unit_bytes: int, workers: int, sample_bytes: int = 0):
-    units = plan_units(list_corpus_files(train_dir), train_dir, unit_bytes)
-    return train_vocabulary(train_dir, units, vocab_size, sample_bytes, workers, log=lambda _m: None)[0]
+    return corpus_vocabulary(train_dir, vocab_size, sample_bytes, unit_bytes, workers, log=lambda _m: None)[0]
 
 
 def quality(tok: WordPieceTokenizer, held: list[str], words: int) -> dict:

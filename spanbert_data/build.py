@@ -9,25 +9,36 @@ what is missing, and a finished build re-run is a no-op.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import socket
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from spanbert_data import __version__
+from spanbert_data import tokenizer as tokenizer_module
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
+from spanbert_data.executor import Executor, ExecutorError, make_executor
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.progress import Progress
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
-from spanbert_data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, atomic_write_json, sha256_file
-from spanbert_data.store import Unit, build_unit, plan_units, unit_is_complete
+from spanbert_data.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+)
+from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads
+from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
 from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
 BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
@@ -52,9 +63,10 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     previous = _claim_out_dir(out)
     listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
     files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
-    units = plan_units(files, root, cfg.unit_bytes)
-    plan = {"format": FORMAT_NAME, "options": cfg.options(), "units": [[list(u.files), u.bytes] for u in units]}
-    if previous is not None and (previous.get("options"), previous.get("units")) != (plan["options"], plan["units"]):
+    sources = plan_sources(files, root, cfg.unit_bytes)
+    plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
+    if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
+                                                                                       plan["sources"]):
         raise BuildError(
             f"{out / BUILD_FILE}: this directory holds a build with other options or another corpus; "
             "use a new --out (or delete the directory to start over)"
@@ -64,7 +76,15 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
         manifest = json.loads(manifest_path.read_text())
         log(f"{out}: build already complete ({manifest['blocks']} blocks); nothing to do")
         return manifest
-    tokenizer = _ensure_tokenizer(cfg, out, units, root, log)
+    with make_executor(cfg.workers, cfg.scheduler, log) as executor:
+        manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log)
+    _summary(manifest, time.perf_counter() - started, log)
+    return manifest
+
+
+def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
+           previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
+    tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -75,10 +95,11 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
     tokenizer.save(out / TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, out, root, units, log)
+    markers = _pass1(cfg, out, root, sources, executor, log)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
+    _count_split_files(sources, markers, corpus, log)
     if corpus.documents == 0:
         raise CorpusError(f"no readable text under {root}: {_skips(corpus)}; nothing to build")
     parts = [p for m in markers for p in m["parts"]]
@@ -95,7 +116,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
         special_ids=tokenizer.special_ids, id_dtype=tokenizer.id_dtype, masking=cfg.masking,
         seed=cfg.seed, max_seq_len=cfg.max_seq_len,
     )  # fmt: skip
-    shards = _pass2(cfg, ctx, log)
+    shards = _pass2(cfg, ctx, executor, log)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -110,7 +131,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
         "max_seq_len": cfg.max_seq_len,
         "mask_epochs": cfg.mask_epochs,
         "id_dtype": np.dtype(tokenizer.id_dtype).name,
-        "corpus": {"files": len(files), "units": len(units), **corpus.to_dict()},
+        "corpus": {"files": len(files), "units": len(markers), **corpus.to_dict()},
         "blocks": store.n_blocks,
         "tokens": int(unigram.sum()),
         "valid_blocks": int(is_valid.sum()),
@@ -121,8 +142,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dic
             for split in ("train", "valid")
         },
     }
-    atomic_write_json(manifest_path, manifest)
-    _summary(manifest, time.perf_counter() - started, log)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -161,7 +181,8 @@ def _remove_stale_temps(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _ensure_tokenizer(cfg: BuildConfig, out: Path, units: list[Unit], root: Path, log) -> WordPieceTokenizer:
+def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
+                      log) -> WordPieceTokenizer:  # fmt: skip
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -169,27 +190,29 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, units: list[Unit], root: Path
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        tokenizer, _ = train_vocabulary(root, units, cfg.vocab_size, cfg.vocab_sample_bytes, cfg.workers, log)
+        tokenizer, _ = train_vocabulary(root, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
 
 
-def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_bytes: int, workers: int,
+def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
                      log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
     """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
-    unit are counted as a task of its own (in `workers` processes), the counts summed in unit order, then
-    merged in this process. Returns the tokenizer and what it was trained on (documents, lines, chars, words,
-    the corpus reader's warnings)."""
+    unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed in
+    unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
+    lines, chars, words, the corpus reader's warnings)."""
     started = time.perf_counter()
+    units = vocab_units(sources)
     plan = sample_units(units, sample_bytes)
     sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
     log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
         f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
-    parts: dict[int, WordCounts] = {}
-    _run([(root, u, budget) for u, budget in plan], count_unit_words, workers,
-         lambda args, result: parts.__setitem__(args[1].index, result))  # fmt: skip
-    ordered = [parts[u.index] for u, _ in plan]
+    parts: dict[str, WordCounts] = {}
+    prefix = _task_prefix(root, "vocab")
+    _run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
+               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
+    ordered = [parts[u.key] for u, _ in plan]
     counts = merge_counts(ordered)
     tokenizer = train_from_counts(counts, vocab_size)
     info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
@@ -200,18 +223,61 @@ def train_vocabulary(root: Path, units: list[Unit], vocab_size: int, sample_byte
     return tokenizer, info
 
 
-# ----------------------------------------------------------------------------------------------- workers
-# The tokenizer a process loaded for pass 1, keyed by (its file's bytes, encoder): one process may run
-# several builds (workers=1 runs tasks in the caller's process), each with its own tokenizer.
+def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
+                      scheduler: str | None = None, log: Callable[[str], None] = _stderr,
+                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
+    so the result is the tokenizer `build` would train with the same options."""
+    corpus = Path(corpus)
+    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
+    sources = plan_sources(files, corpus, unit_bytes)
+    with make_executor(workers, scheduler, log) as executor:
+        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
+
+
+def vocab_units(sources: list[Source]) -> list[Unit]:
+    """The units the vocabulary sample is drawn from: pass 1's units, except that a compressed file that only
+    one reader can decompress ("stream") is one unit of its own, read from its start by one task."""
+    units: list[Unit] = []
+    for source in sources:
+        if source.kind == "stream":
+            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
+        else:
+            units.extend(source.units())
+    return units
+
+
+# ----------------------------------------------------------------------------------------------- tasks
 _WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
 
 
-def _init_worker(threads: int) -> None:
-    set_tokenizer_threads(threads)
+def _check_visible(out: Path) -> None:
+    """Fail fast, naming the machine, when a worker does not see the output directory the driver made."""
+    if not (out / BUILD_FILE).is_file():
+        raise BuildError(
+            f"worker on {socket.gethostname()} cannot see {out / BUILD_FILE}: the output directory must be on "
+            "a filesystem every worker mounts at the same path (see README, Building on a cluster)"
+        )
+
+
+def _limit_threads_on_dask() -> None:
+    """A Dask worker runs one task per thread (`dask worker --nthreads 1 --nworkers N` on N cores): each task
+    tokenizes on one thread unless RAYON_NUM_THREADS says otherwise."""
+    if "RAYON_NUM_THREADS" in os.environ or tokenizer_module._pool_started:
+        return
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    set_tokenizer_threads(1)
 
 
 def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
+    _check_visible(out)
+    _limit_threads_on_dask()
     data = (out / TOKENIZER_FILE).read_bytes()
     # Reused across tasks of one process, but only for the same file and encoder: an in-process build
     # (--workers 1) may follow another build with another tokenizer.
@@ -220,45 +286,96 @@ def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: st
     return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
 
 
-def _run(tasks: list[tuple], fn, workers: int, on_done) -> None:
-    """Run fn(*args) for every task, in-process for one worker, else in a spawn pool; on_done(args, result)."""
-    if workers == 1 or len(tasks) <= 1:
-        for args in tasks:
-            on_done(args, fn(*args))
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = get_context("spawn")  # fork after tokenizers' threads started can deadlock
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, *args): args for args in tasks}
-        for fut in futures:  # in submission order: deterministic logs; the bytes never depend on order
-            on_done(futures[fut], fut.result())
+def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
+    if not root.exists():
+        raise BuildError(
+            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
+            "worker mounts at the same path (see README, Building on a cluster)"
+        )
+    _limit_threads_on_dask()
+    return count_unit_words(root, unit, char_budget)
 
 
-def _pass1(cfg: BuildConfig, out: Path, root: Path, units: list[Unit], log) -> list[dict]:
-    markers: dict[int, dict] = {}
-    todo = []
-    for unit in units:
-        marker = _read_json(out / unit.marker)
-        if unit_is_complete(out, unit, marker):
-            markers[unit.index] = marker
-        else:
-            todo.append((out, root, unit, cfg.max_content, cfg.encoder))
-    if markers:
-        log(f"pass 1: {len(markers)} of {len(units)} units already done, resuming")
-    progress = Progress("pass 1 (tokenize)", total=sum(t[2].bytes for t in todo), unit="B", log=log)
+def _pass2_task(ctx: RowContext, plan) -> dict:
+    _check_visible(ctx.out)
+    return build_shard(ctx, plan)
 
-    def done(args, marker):
-        markers[args[2].index] = marker
+
+def _task_prefix(out: Path, phase: str) -> str:
+    """Dask keys must be unique on a shared cluster: the phase plus a hash of the output directory."""
+    return f"spanbert-{phase}-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:10]}"
+
+
+def _run_tasks(executor: Executor, fn, tasks: Iterator[tuple[str, tuple]], on_done) -> None:
+    try:
+        executor.run(fn, tasks, on_done)
+    except ExecutorError as e:
+        raise BuildError(str(e)) from None
+
+
+def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log) -> list[dict]:
+    """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
+    base = root if root.is_dir() else root.parent
+    markers: dict[str, dict] = {}
+    order: list[str] = []
+    estimate = sum(s.bytes * (COMPRESSION_RATIO if s.kind == "stream" else 1) for s in sources)
+    progress = Progress("pass 1 (tokenize)", total=estimate, unit="B", log=log)
+    prefix = _task_prefix(out, "pass1")
+    resumed = 0
+
+    def tasks() -> Iterator[tuple[str, tuple]]:
+        nonlocal resumed
+        for source in sources:
+            if source.kind == "stream":  # decompressed here, once, in order: a unit every --unit-mb of text
+                units = iter_stream_units(source, base, cfg.unit_bytes)
+            else:
+                units = ((unit, None) for unit in source.units())
+            for unit, piece in units:
+                order.append(unit.key)
+                marker = _read_json(out / unit.marker)
+                if unit_is_complete(out, unit, marker):
+                    markers[unit.key] = marker
+                    resumed += 1
+                    progress.update(unit.bytes)
+                    continue
+                if piece is not None:
+                    atomic_write_bytes(out / unit.work_file, piece.data)
+                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content, cfg.encoder)
+
+    def done(key, args, marker) -> None:
+        unit = args[2]
+        markers[unit.key] = marker
         for w in marker["warnings"]:
             log(f"warning: {w}")
-        progress.update(args[2].bytes, tokens=marker["tokens"])
+        if unit.kind == "stream":
+            (out / unit.work_file).unlink(missing_ok=True)
+        progress.update(unit.bytes, tokens=marker["tokens"])
 
-    _run(todo, _pass1_task, cfg.workers, done)
+    _run_tasks(executor, _pass1_task, tasks(), done)
     progress.close()
-    return [markers[u.index] for u in units]
+    if resumed:
+        log(f"pass 1: {resumed} of {len(order)} units were already done")
+    shutil.rmtree(out / "work", ignore_errors=True)
+    return [markers[key] for key in order]
 
 
-def _pass2(cfg: BuildConfig, ctx: RowContext, log) -> list[dict]:
+def _count_split_files(sources: list[Source], markers: list[dict], corpus: CorpusStats, log) -> None:
+    """A file read in several units counts once: as read if any unit found a document, else as `no_text`."""
+    by_source: dict[int, list[dict]] = {}
+    for m in markers:
+        by_source.setdefault(m["source"], []).append(m)
+    for source in sources:
+        if source.kind == "files":
+            continue
+        mine = by_source.get(source.index, [])
+        if any(m["documents"] for m in mine):
+            corpus.files += 1
+        elif not any(m["corpus"]["skipped"].get(r) for m in mine for r in ("truncated", "corrupt")):
+            log(f"warning: {source.files[0]}: no text found; skipped")
+            corpus.skip("no_text")
+
+
+def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log) -> list[dict]:
     plans = plan_shards(len(ctx.split_blocks["train"]), len(ctx.split_blocks["valid"]), cfg.mask_epochs,
                         cfg.rows_per_shard)  # fmt: skip
     results: dict[str, dict] = {}
@@ -269,14 +386,16 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, log) -> list[dict]:
         if marker and path.is_file() and path.stat().st_size == marker.get("bytes"):
             results[plan.path] = marker
         else:
-            todo.append((ctx, plan))
-    progress = Progress("pass 2 (mask+pack)", total=sum(p.hi - p.lo for _, p in todo), unit="blocks", log=log)
+            todo.append(plan)
+    progress = Progress("pass 2 (mask+pack)", total=sum(p.hi - p.lo for p in todo), unit="blocks", log=log)
+    shared = executor.share(ctx) if todo else ctx
+    prefix = _task_prefix(ctx.out, "pass2")
 
-    def done(args, marker):
+    def done(key, args, marker):
         results[args[1].path] = marker
         progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
 
-    _run(todo, build_shard, cfg.workers, done)
+    _run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
     progress.close()
     return [results[p.path] for p in plans]
 
@@ -300,12 +419,13 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -> np.ndarray:
     """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
-    unit_of_part = np.array([m["unit"] for m in markers for _ in m["parts"]], dtype=np.uint64)
-    docs = [d.astype(np.uint64) for d in store.docs]
-    units = [np.full(len(d), u, dtype=np.uint64) for d, u in zip(docs, unit_of_part, strict=True)]
-    doc = np.concatenate(docs) if docs else np.zeros(0, np.uint64)
-    unit = np.concatenate(units) if units else np.zeros(0, np.uint64)
-    h = _mix64(_mix64(_mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED)) ^ unit) ^ doc)
+    per_part = [(m["source"], m["sub"]) for m in markers for _ in m["parts"]]
+    salt = _mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
+    hashes = []
+    for docs, (source, sub) in zip(store.docs, per_part, strict=True):
+        unit = _mix64(_mix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
+        hashes.append(_mix64(unit ^ docs.astype(np.uint64)))
+    h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     valid = u < cfg.valid_fraction
     n_docs = sum(m["documents"] for m in markers)

@@ -51,6 +51,9 @@ def main():
 @click.option("--vocab-sample-mb", default=1024.0, show_default=True,
               help="Train the vocabulary on about this much of the input (units chosen by hash); 0 = all of it.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (output bytes never depend on it).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on Dask: tcp://HOST:8786 (an existing cluster sharing the output filesystem) or 'local' "
+                   "(a LocalCluster of --workers processes). Needs spanbert[dask].")
 @click.option("--encoder", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
               help="Token ids from the compiled WordPiece encoder (fast; auto = where it applies) or from HF "
                    "tokenizers (hf); the ids, so the output bytes, never depend on it.")
@@ -68,8 +71,8 @@ def main():
 @click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
               help="Distribution of the 10% random replacements.")
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, encoder, max_seq_len, seed, mask_epochs,
-          valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
+def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
+          mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
           replacement):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     from spanbert_data.build import build_dataset
@@ -79,7 +82,7 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, encoder,
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
     cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size,
-                      vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers,
+                      vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers, scheduler=scheduler,
                       encoder=encoder,
                       max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
                       rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * (1 << 20)),
@@ -100,20 +103,16 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, encoder,
               help="Train on about this much of the input (units chosen by hash); 0 = all of it.")
 @click.option("--unit-mb", default=64.0, show_default=True, help="Input is counted in units of about this size.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (the result never depends on it).")
+@click.option("--scheduler", metavar="ADDRESS", help="Count on Dask: tcp://HOST:8786 or 'local' (as for build).")
 @user_errors
-def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers):
+def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
     """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
-    from spanbert_data.build import train_vocabulary
-    from spanbert_data.corpus import CorpusStats, list_corpus_files
-    from spanbert_data.store import plan_units
+    from spanbert_data.build import corpus_vocabulary
 
     if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
         raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
-    stats = CorpusStats()
-    files = list_corpus_files(corpus, stats, warn=lambda m: click.echo(f"warning: {m}", err=True))
-    units = plan_units(files, corpus, int(unit_mb * (1 << 20)))
-    tok, info = train_vocabulary(corpus, units, vocab_size, int(vocab_sample_mb * (1 << 20)), workers,
-                                 log=lambda m: click.echo(m, err=True))  # fmt: skip
+    tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * (1 << 20)), int(unit_mb * (1 << 20)),
+                                  workers, scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if info["documents"] == 0:

@@ -24,7 +24,10 @@ class BuildConfig:
     vocab_sample_bytes: int = 1024 * MiB
     """The vocabulary is trained on about this many bytes of input units (docs/FORMAT.md); 0 = the whole corpus."""
     workers: int = 1
-    """Worker processes; the bytes written never depend on it."""
+    """Worker processes (or, with `scheduler="local"`, Dask workers); the bytes written never depend on it."""
+    scheduler: str | None = None
+    """None: this machine (`workers` processes). "local": a Dask LocalCluster of `workers` processes.
+    "tcp://HOST:8786": an existing Dask cluster whose workers share the output filesystem."""
     encoder: str = "auto"
     """Who computes token ids: auto (the compiled WordPiece encoder where it applies), fast or hf
     (HF `tokenizers`); the ids, so the bytes written, never depend on it."""
@@ -72,7 +75,7 @@ class BuildConfig:
     def options(self) -> dict:
         """Every option that changes the bytes written (saved in build.json and the manifest)."""
         d = dataclasses.asdict(self)
-        for key in ("corpus", "out", "workers", "encoder", "tokenizer"):
+        for key in ("corpus", "out", "workers", "scheduler", "encoder", "tokenizer"):
             d.pop(key)
         d["masking"] = self.masking.to_dict()
         return d

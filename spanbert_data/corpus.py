@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
 from spanbert_data.streams import (
@@ -246,13 +247,24 @@ def read_documents(path: Path, root: Path, stats: CorpusStats,
         stats.skip("unsupported_xml")
         return
 
+    yield from read_formatted(lambda stack: open_decompressed(path, stack), source, fmt, stats, warn)
+
+
+def read_formatted(open_stream: Callable[[contextlib.ExitStack], BinaryIO], source: str, fmt: str,
+                   stats: CorpusStats, warn: Callable[[str], None] = print_to_stderr,
+                   whole_file: bool = True) -> Iterator[Document]:  # fmt: skip
+    """The documents of a byte stream in a known text format (a whole file, or the part of one a unit owns).
+
+    `open_stream(stack)` opens the stream; errors are counted as in `read_documents`. A part that is not
+    the file's first (`whole_file=False`) neither counts the file nor warns when it holds no document.
+    """
     reader = {"mediawiki": _read_mediawiki, "wikiextractor": _read_wikiextractor,
               "jsonl": _read_jsonl, "text": _read_plain}[fmt]
     documents_before, replaced_before, failed = stats.documents, stats.replaced_chars, False
     counter = None
     with contextlib.ExitStack() as stack:
         try:
-            counter = CountingReader(open_decompressed(path, stack))
+            counter = CountingReader(open_stream(stack))
             stream = io.BufferedReader(counter, CHUNK)
             for doc in reader(stream, source, stats, warn):
                 stats.documents += 1
@@ -272,6 +284,8 @@ def read_documents(path: Path, root: Path, stats: CorpusStats,
     if stats.replaced_chars > replaced_before:
         warn(f"{source}: {stats.replaced_chars - replaced_before} undecodable bytes replaced by U+FFFD "
              "or NUL characters removed")
+    if not whole_file:
+        return
     if stats.documents > documents_before:
         stats.files += 1
     elif not failed:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 
 FORMAT_NAME = "spanbert-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input units are (source, sub) pairs (store/unit-SSSSS-JJJJJ.json); the shards are as in 1
+READABLE_VERSIONS = (1, 2)  # what the trainer and `verify` read: the manifest fields and shards they use are unchanged
 MANIFEST = "manifest.json"
 
 
@@ -168,10 +169,10 @@ def load_manifest(root: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path}: not a spanbert dataset manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise DatasetError(
-            f"{path}: format_version {version!r} is not supported (this spanbert reads version {FORMAT_VERSION}); "
-            "rebuild the dataset with this version"
+            f"{path}: format_version {version!r} is not supported (this spanbert reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild the dataset with this version"
         )
     for entry in manifest_files(manifest):
         resolve_inside(root, entry["path"])

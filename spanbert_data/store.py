@@ -1,64 +1,27 @@
-"""Pass 1 of the build: corpus files → token ids → blocks → the token store (docs/FORMAT.md).
+"""Pass 1 of the build: corpus units → token ids → blocks → the token store (docs/FORMAT.md).
 
-The unit of work is a *unit*: consecutive corpus files (sorted order) of about `unit_bytes`. A unit is
-read, tokenized in large batches of lines and cut into blocks (SPEC §1) with no Python loop over
-tokens, then written as one or more store parts plus a completion marker. Units are independent, so
-any number of worker processes writes the same bytes.
+The unit of work is a *unit* (`units.py`: small files together, or a byte range of a large file, about
+`--unit-mb` of input). A unit is read, tokenized in large batches of lines and cut into blocks (SPEC §1)
+with no Python loop over tokens, then written as one or more store parts plus a completion marker.
+Units are independent, so any number of worker processes or machines writes the same bytes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from spanbert_data.blocks import make_blocks
-from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.corpus import CorpusStats
 from spanbert_data.shards import atomic_write_json, sha256_file, write_arrow_file
 from spanbert_data.tokenizer import WordPieceTokenizer
+from spanbert_data.units import Unit, unit_documents
 
 LINES_PER_BATCH = 32768  # lines sent to the tokenizer at once: large batches keep its threads busy
 TOKENS_PER_PART = 1 << 28  # a store part's token count stays far below Arrow's int32 list-offset limit
-
-
-@dataclass(frozen=True)
-class Unit:
-    index: int
-    files: tuple[str, ...]  # paths relative to the corpus root
-    bytes: int
-
-    @property
-    def marker(self) -> str:
-        return f"store/unit-{self.index:05d}.json"
-
-    def part(self, k: int) -> str:
-        return f"store/part-{self.index:05d}-{k:03d}.arrow"
-
-
-def plan_units(files: list[Path], root: Path, unit_bytes: int) -> list[Unit]:
-    """Group the sorted corpus files into units of about `unit_bytes` (a larger file is a unit alone)."""
-    units: list[Unit] = []
-    group: list[str] = []
-    size = 0
-    for path in files:
-        n = path.stat().st_size
-        if group and size + n > unit_bytes:
-            units.append(Unit(len(units), tuple(group), size))
-            group, size = [], 0
-        group.append(relative_name(path, root))
-        size += n
-    if group:
-        units.append(Unit(len(units), tuple(group), size))
-    return units
-
-
-def relative_name(path: Path, root: Path) -> str:
-    if root.is_file():
-        return root.name
-    return path.relative_to(root).as_posix()
 
 
 def store_schema(id_type: pa.DataType) -> pa.Schema:
@@ -105,7 +68,9 @@ class _PartWriter:
 
 
 def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer, max_content: int) -> dict:
-    """Pass 1 for one unit: read, tokenize, block, write its parts, then its marker (last). Returns the marker."""
+    """Pass 1 for one unit: read, tokenize, block, write its parts, then its marker (last). Returns the marker.
+
+    A "stream" unit's text is read from its work file under `out` (written there by the driver)."""
     started = time.perf_counter()
     stats = CorpusStats()
     warnings: list[str] = []
@@ -125,22 +90,25 @@ def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer,
         line_docs.clear()
 
     base = root if root.is_dir() else root.parent
-    for name in unit.files:
-        for doc in read_documents(base / name, base, stats, warn=warnings.append):
-            lines.extend(doc.lines)
-            line_docs.extend([doc_number] * len(doc.lines))
-            doc_number += 1
-            if len(lines) >= LINES_PER_BATCH:  # only between documents: a block never spans two batches
-                encode_pending()
+    for doc in unit_documents(base, unit, stats, warnings.append, work=out):
+        lines.extend(doc.lines)
+        line_docs.extend([doc_number] * len(doc.lines))
+        doc_number += 1
+        if len(lines) >= LINES_PER_BATCH:  # only between documents: a block never spans two batches
+            encode_pending()
     encode_pending()
     writer.flush()
     marker = {
-        "unit": unit.index,
+        "unit": unit.key,
+        "source": unit.source,
+        "sub": unit.sub,
         "sources": list(unit.files),
         "parts": writer.parts,
         "documents": doc_number,
         "blocks": sum(p["blocks"] for p in writer.parts),
         "tokens": sum(p["tokens"] for p in writer.parts),
+        "input_bytes": unit.bytes,
+        "last": unit.last,
         "corpus": stats.to_dict(),
         "warnings": warnings[:100],
         "seconds": round(time.perf_counter() - started, 3),
@@ -151,8 +119,8 @@ def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer,
 
 
 def unit_is_complete(out: Path, unit: Unit, marker: dict | None) -> bool:
-    """A unit is done when its marker exists, names the same sources and every part matches its recorded hash."""
-    if marker is None or marker.get("sources") != list(unit.files):
+    """A unit is done when its marker exists, has its key and sources, and every part has its recorded size."""
+    if marker is None or marker.get("unit") != unit.key or marker.get("sources") != list(unit.files):
         return False
     for part in marker.get("parts", []):
         path = out / part["path"]

@@ -61,7 +61,19 @@ def set_tokenizer_threads(n: int) -> None:
         raise RuntimeError(
             "set_tokenizer_threads() must be called before the process first encodes with a tokenizer"
         )
+    global _threads
     os.environ["RAYON_NUM_THREADS"] = str(n)
+    _threads = n
+
+
+def _encoder_threads() -> int | None:
+    """Threads of the compiled encoder: as set_tokenizer_threads() chose, else RAYON_NUM_THREADS, else all cores."""
+    if _threads is not None:
+        return _threads
+    try:
+        return max(1, int(os.environ["RAYON_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
 
 
 class WordPieceTokenizer:
@@ -168,7 +180,7 @@ class WordPieceTokenizer:
             parts = [self._encode_fast(lines[i : i + step]) for i in range(0, len(lines), step)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         try:
-            flat, lens, left = self._fast.encode(lines, threads=_threads)
+            flat, lens, left = self._fast.encode(lines, threads=_encoder_threads())
         except UnicodeEncodeError:  # a lone surrogate: tokenizers gives its own answer (an error)
             return self._encode_hf(lines)
         if len(left) == 0:

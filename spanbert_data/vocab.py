@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 
-from spanbert_data.corpus import CorpusStats, read_documents
-from spanbert_data.store import Unit
+from spanbert_data.corpus import CorpusStats
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
+from spanbert_data.units import Unit, unit_documents
 
 MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
@@ -86,7 +86,7 @@ def count_words(lines: Iterable[str], splitter: WordSplitter | None = None) -> C
 class WordCounts:
     """The word counts of one unit, compact for pickling: words joined by "\\n" (never inside a word)."""
 
-    unit: int
+    unit: str  # the unit's key, "SSSSS-JJJJJ"
     words: str
     counts: np.ndarray  # int64, one per word
     documents: int
@@ -95,7 +95,7 @@ class WordCounts:
     warnings: list[str]  # the corpus reader's first warnings (skipped files, bad lines)
 
     @classmethod
-    def from_counter(cls, unit: int, counter: Counter, documents: int, lines: int, chars: int,
+    def from_counter(cls, unit: str, counter: Counter, documents: int, lines: int, chars: int,
                      warnings: list[str]) -> WordCounts:  # fmt: skip
         counts = np.fromiter(counter.values(), dtype=np.int64, count=len(counter))
         return cls(unit, "\n".join(counter), counts, documents, lines, chars, warnings[:100])
@@ -117,15 +117,14 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
 
     def lines():
         nonlocal chars
-        for name in unit.files:
-            for doc in read_documents(base / name, base, stats, warn=warnings.append):
-                yield from doc.lines
-                chars += sum(map(len, doc.lines))
-                if char_budget is not None and chars >= char_budget:
-                    return
+        for doc in unit_documents(base, unit, stats, warnings.append):
+            yield from doc.lines
+            chars += sum(map(len, doc.lines))
+            if char_budget is not None and chars >= char_budget:
+                return
 
     counter = count_words(lines(), splitter)
-    return WordCounts.from_counter(unit.index, counter, stats.documents, stats.lines, chars, warnings)
+    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, chars, warnings)
 
 
 def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
@@ -138,9 +137,9 @@ def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
     return total
 
 
-def _rank(index: int) -> int:
-    """SplitMix64 of a unit index: the order in which units enter a sample."""
-    z = (index + 0x564F434142) * 0x9E3779B97F4A7C15 & (1 << 64) - 1
+def _rank(unit: Unit) -> int:
+    """SplitMix64 of a unit's (source, sub) key: the order in which units enter a sample."""
+    z = ((unit.source << 24 | unit.sub) + 0x564F434142) * 0x9E3779B97F4A7C15 & (1 << 64) - 1
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & (1 << 64) - 1
     z = (z ^ (z >> 27)) * 0x94D049BB133111EB & (1 << 64) - 1
     return z ^ (z >> 31)
@@ -149,22 +148,26 @@ def _rank(index: int) -> int:
 def sample_units(units: list[Unit], sample_bytes: int) -> list[tuple[Unit, int | None]]:
     """The units a vocabulary is counted on, in unit order, each with its character budget (None = whole).
 
-    All units when their files hold at most sample_bytes (or sample_bytes is 0). Otherwise units are
-    taken in the order of `_rank(index)`, whole while their file bytes fit in the budget; the first that
-    does not fit is read only up to the remaining budget (in characters of text), and the sample ends."""
+    All units when they hold at most sample_bytes of text (or sample_bytes is 0). Otherwise units are
+    taken in the order of `_rank(unit)`, whole while their text bytes (`Unit.bytes`) fit in the budget; the
+    first that does not fit is read only up to the remaining budget (in characters of text), and the
+    sample ends."""
+    def order(u: Unit) -> tuple[int, int]:
+        return u.source, u.sub
+
     if sample_bytes <= 0 or sum(u.bytes for u in units) <= sample_bytes:
-        return [(u, None) for u in sorted(units, key=lambda u: u.index)]
-    chosen: dict[int, int | None] = {}
+        return [(u, None) for u in sorted(units, key=order)]
+    chosen: dict[str, int | None] = {}
     left = sample_bytes
-    for u in sorted(units, key=lambda u: _rank(u.index)):
+    for u in sorted(units, key=_rank):
         if u.bytes <= left:
-            chosen[u.index] = None
+            chosen[u.key] = None
             left -= u.bytes
         else:
             if left > 0:
-                chosen[u.index] = left
+                chosen[u.key] = left
             break
-    return [(u, chosen[u.index]) for u in sorted(units, key=lambda u: u.index) if u.index in chosen]
+    return [(u, chosen[u.key]) for u in sorted(units, key=order) if u.key in chosen]
 
 
 # ------------------------------------------------------------------------------------------- training

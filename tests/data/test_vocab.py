@@ -21,8 +21,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from spanbert_data.build import build_dataset, train_vocabulary
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
-from spanbert_data.store import Unit, plan_units
+from spanbert_data.executor import InlineExecutor
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, load_tokenizer
+from spanbert_data.units import Unit, plan_sources
 from spanbert_data.vocab import WordSplitter, count_unit_words, count_words, sample_units, train_from_counts
 from tests.data.test_build import tree_bytes
 from tests.data.test_tokenizer import TRICKY, real_lines
@@ -103,25 +104,26 @@ def test_word_splitter_equals_the_saved_tokenizers_pre_tokenization():
 
 
 def test_sample_units_is_a_pure_function_of_the_units():
-    units = [Unit(i, (f"f{i}",), b) for i, b in enumerate([100, 300, 50, 200, 120])]
+    units = [Unit(i, 0, "files", (f"f{i}",), b) for i, b in enumerate([100, 300, 50, 200, 120])]
     assert sample_units(units, 0) == sample_units(units, 770) == [(u, None) for u in units]
     plan = sample_units(units, 400)
     whole = sum(u.bytes for u, budget in plan if budget is None)
     partial = [budget for _, budget in plan if budget is not None]
     assert whole + sum(partial) == 400 and len(partial) <= 1
-    assert [u.index for u, _ in plan] == sorted(u.index for u, _ in plan)  # counted in unit order
+    assert [u.source for u, _ in plan] == sorted(u.source for u, _ in plan)  # counted in unit order
     assert sample_units(list(reversed(units)), 400) == plan
 
 
 def test_a_unit_counted_with_a_budget_reads_its_first_documents(corpus):
-    units = plan_units(list_corpus_files(corpus), corpus, 1 << 30)
+    sources = plan_sources(list_corpus_files(corpus), corpus, 1 << 30)
+    units = [u for s in sources for u in s.units()]
     whole = count_unit_words(corpus, units[0])
     part = count_unit_words(corpus, units[0], char_budget=100_000)
     assert whole.documents == 40 and 0 < part.documents < 40 and 100_000 <= part.chars < whole.chars
     whole_counts = dict(whole.items())
     assert all(whole_counts[w] >= n for w, n in part.items())
     # a sample smaller than the corpus: the one unit is read up to the budget
-    _, info = train_vocabulary(corpus, units, 3000, 200_000, 1, log=lambda _m: None)
+    _, info = train_vocabulary(corpus, sources, 3000, 200_000, InlineExecutor(), log=lambda _m: None)
     assert info["documents"] == count_unit_words(corpus, units[0], char_budget=200_000).documents < 40
 
 

@@ -166,7 +166,7 @@ def _file_size_limit(limit: int):
     "where, options, failing",
     [
         ("tokenizer", [], "tokenizer.json"),  # the first sizeable file written (466 KB)
-        ("store", ["--unit-mb", "64"], "store/part-00000-000.arrow"),  # one unit: a ~1 MB store part
+        ("store", ["--unit-mb", "64"], "store/part-00000-00000-000.arrow"),  # one unit: a ~1 MB store part
         ("shard", ["--unit-mb", "0.25"], "epoch-0/part-00000.arrow"),  # small store parts, one ~1.3 MB shard
     ],
 )

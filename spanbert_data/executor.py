@@ -1,0 +1,225 @@
+"""The build's one executor seam: where its tasks run (DESIGN.md, "Scale-out").
+
+The driver (`build.py`) plans tasks with stable keys, hands them to an executor and gathers their
+results; only the driver writes `build.json` and `manifest.json`. A task writes its own output files
+atomically and a completion marker last, so a task that runs twice (a retry, a re-run) is harmless.
+
+- `InlineExecutor`: in this process (`--workers 1`, the default);
+- `PoolExecutor`: a local pool of spawned processes (`--workers N`);
+- `DaskExecutor`: a Dask `distributed` cluster (`--scheduler tcp://HOST:8786`), or a `LocalCluster` of
+  `--workers` processes started here (`--scheduler local`). Needs `pip install 'spanbert[dask]'`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Any
+
+Task = tuple[str, tuple]  # (stable key, arguments)
+OnDone = Callable[[str, tuple, Any], None]
+
+
+class ExecutorError(Exception):
+    """The executor itself failed (a worker process died, the cluster is unreachable): one line for the user."""
+
+
+class Executor:
+    """Runs `fn(*args)` for every task; `on_done(key, args, result)` is called in the driver as results arrive."""
+
+    workers: int = 1
+
+    def run(self, fn: Callable, tasks: Iterable[Task], on_done: OnDone) -> None:
+        raise NotImplementedError
+
+    def share(self, obj):
+        """A handle to pass `obj` to many tasks (a Dask cluster ships it to each worker once)."""
+        return obj
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tokenizer_threads(workers: int) -> int:
+    """Tokenizer threads per worker process so that the machine's cores are shared, not oversubscribed."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class InlineExecutor(Executor):
+    """Runs every task in this process, in order: no pickling, no start-up cost."""
+
+    def run(self, fn, tasks, on_done) -> None:
+        for key, args in tasks:
+            on_done(key, args, fn(*args))
+
+    def describe(self) -> str:
+        return "this process"
+
+
+def _init_pool_worker(threads: int) -> None:
+    from spanbert_data.tokenizer import set_tokenizer_threads
+
+    set_tokenizer_threads(threads)
+
+
+class PoolExecutor(Executor):
+    """A pool of spawned worker processes on this machine, kept for every phase of the build."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = get_context("spawn")  # fork after tokenizers' threads started can deadlock
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_pool_worker,
+                                             initargs=(tokenizer_threads(self.workers),))  # fmt: skip
+        return self._pool
+
+    def run(self, fn, tasks, on_done) -> None:
+        pool = self._get_pool()
+        limit = 2 * self.workers  # tasks in flight: enough to keep every worker busy, few enough to bound memory
+        pending: dict = {}
+        tasks = iter(tasks)
+        try:
+            while True:
+                while len(pending) < limit:
+                    task = next(tasks, None)
+                    if task is None:
+                        break
+                    pending[pool.submit(fn, *task[1])] = task
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: pending[f][0]):
+                    key, args = pending.pop(fut)
+                    on_done(key, args, fut.result())
+        except BrokenExecutor:
+            raise ExecutorError(
+                "a worker process died (killed, or out of memory); re-run the same command to resume"
+            ) from None
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def describe(self) -> str:
+        return f"a local pool of {self.workers} processes"
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+class DaskExecutor(Executor):
+    """Tasks on a Dask `distributed` cluster. Worker deaths are survived: the scheduler reruns their tasks
+    elsewhere, and a failing task is retried; a task's files land atomically, so reruns are harmless."""
+
+    RETRIES = 2
+    WORKER_WAIT = 60  # seconds to wait for the first worker of an external cluster
+
+    def __init__(self, scheduler: str, workers: int, log: Callable[[str], None]):
+        try:
+            import distributed
+        except ImportError:
+            raise ExecutorError(
+                "--scheduler needs Dask: pip install 'spanbert[dask]' (dask and distributed)"
+            ) from None
+        self._cluster = None
+        try:
+            if scheduler == "local":
+                self._cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                    env={"RAYON_NUM_THREADS": str(tokenizer_threads(workers))},  # also the compiled encoder's
+                )  # fmt: skip
+                self.client = distributed.Client(self._cluster)
+            else:
+                self.client = distributed.Client(scheduler, timeout="30s")
+        except OSError as e:
+            self.close()
+            raise ExecutorError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+        self.scheduler = scheduler
+        try:
+            self.client.wait_for_workers(1, timeout=self.WORKER_WAIT)
+        except (TimeoutError, OSError):
+            self.close()
+            raise ExecutorError(
+                f"no Dask worker joined the scheduler at {scheduler} within {self.WORKER_WAIT} s; start workers with "
+                f"`dask worker {scheduler}`"
+            ) from None
+        self.workers = max(1, sum(self.client.nthreads().values()))
+        link = self.client.dashboard_link
+        log(f"Dask: {self.describe()}" + (f"; dashboard {link}" if link else ""))
+
+    def run(self, fn, tasks, on_done) -> None:
+        import distributed
+
+        limit = 4 * self.workers
+        pending: dict = {}
+        tasks = iter(tasks)
+        try:
+            while True:
+                while len(pending) < limit:
+                    task = next(tasks, None)
+                    if task is None:
+                        break
+                    key, args = task
+                    fut = self.client.submit(fn, *args, key=key, retries=self.RETRIES, pure=False)
+                    pending[fut] = task
+                if not pending:
+                    return
+                done = distributed.wait(list(pending), return_when="FIRST_COMPLETED").done
+                for fut in sorted(done, key=lambda f: pending[f][0]):
+                    key, args = pending.pop(fut)
+                    on_done(key, args, _result(fut, key))
+        finally:
+            for fut in pending:
+                fut.release()
+
+    def share(self, obj):
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def describe(self) -> str:
+        where = "a LocalCluster on this machine" if self._cluster is not None else f"the cluster at {self.scheduler}"
+        return f"{where}, {self.workers} worker threads"
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+
+def _result(fut, key: str):
+    """A Dask future's result; our own (one-line, user-facing) errors pass through, anything else is summarised."""
+    try:
+        return fut.result()
+    except Exception as e:
+        if type(e).__module__.startswith("spanbert_data."):
+            raise
+        raise ExecutorError(
+            f"task {key} failed on the Dask cluster: {type(e).__name__}: {e} (every worker needs the same spanbert "
+            "version; a local run, without --scheduler, shows the full traceback)"
+        ) from None
+
+
+def make_executor(workers: int, scheduler: str | None, log: Callable[[str], None]) -> Executor:
+    """`--scheduler` given: Dask; else a local pool for more than one worker, else this process."""
+    if scheduler:
+        return DaskExecutor(scheduler, workers, log)
+    if workers > 1:
+        return PoolExecutor(workers)
+    return InlineExecutor()
