@@ -176,7 +176,8 @@ class ShardCache:
             self._closed.wait(0.1)
         try:
             item.remote.download(item.rel, tmp, item.size, item.sha256, stop=self._closed)
-            os.replace(tmp, final)
+            with self._locked():  # a reader of the bookkeeping under the lock sees it as a reservation or an object
+                os.replace(tmp, final)
             self.downloaded += 1
             return final
         except InterruptedError:

@@ -30,7 +30,7 @@ MAX_BACKOFF = 8.0
 CHUNK = 8 << 20  # bytes per read when streaming an object (one ranged GET each on S3 and GCS)
 
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> pip extra of spanbert
-PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InterruptedError)
 
 
 class RemoteError(DatasetError):
@@ -105,9 +105,10 @@ class Remote:
         return posixpath.join(self.root, rel)
 
     # ------------------------------------------------------------------------------------------ retries
-    def retrying(self, fn: Callable, what: str):
+    def retrying(self, fn: Callable, what: str, stop: threading.Event | None = None):
         """fn() with retries and exponential backoff on network errors; RemoteError naming `what` when they run
-        out. A missing object (FileNotFoundError) or a refused permission passes through at once."""
+        out. A missing object (FileNotFoundError) or a refused permission passes through at once; `stop` set
+        ends the waiting with InterruptedError."""
         for attempt in range(self.retries):
             try:
                 return fn()
@@ -119,7 +120,10 @@ class Remote:
                                       "network, the endpoint and your credentials") from None  # fmt: skip
                 wait = min(MAX_BACKOFF, self.backoff * 2**attempt)
                 self.log(f"warning: {what}: {reason(e)}; retry {attempt + 1} of {self.retries - 1} in {wait:.1f} s")
-                time.sleep(wait)
+                if stop is None:
+                    time.sleep(wait)
+                elif stop.wait(wait):
+                    raise InterruptedError("stopped") from None
         raise AssertionError("unreachable")
 
     def _call(self, fn: Callable, what: str):
@@ -225,7 +229,7 @@ class Remote:
         for attempt in range(hash_retries):
             with open(dest, "wb") as out:
                 try:
-                    n, digest = self.retrying(lambda: self._stream_to(rel, size, out, stop), self / rel)
+                    n, digest = self.retrying(lambda: self._stream_to(rel, size, out, stop), self / rel, stop)
                 except FileNotFoundError:
                     raise RemoteError(f"{self / rel}: the object is missing; restore it or rebuild the dataset") \
                         from None
