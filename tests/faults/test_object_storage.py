@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -142,13 +143,16 @@ def test_build_to_s3_equals_the_local_build_byte_for_byte(s3, local, remote):
     assert json.loads(stats[0].stdout) == json.loads(stats[1].stdout)
 
 
-def test_training_from_s3_gives_the_local_losses(s3, remote, local_losses, tmp_path):
+def test_training_from_s3_gives_the_local_losses(s3, local, remote, local_losses, tmp_path):
     out = tmp_path / "run"
     done = run([*TRAIN_CLI, "--data", remote, "--out", out, *TRAIN], env=s3.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert train_losses(out) == local_losses
     cache = Path(s3.env["SPANBERT_CACHE"])
     assert not list((cache / "holds").iterdir()) and not list((cache / "tmp").iterdir())  # all let go of
+    exported = run([*TRAIN_CLI, "export", out, "--out", tmp_path / "hf"], env=s3.env)  # the run's --data is a URL
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (local / "tokenizer.json").read_bytes()
 
 
 def _cache_bytes(cache: Path) -> int:
@@ -331,3 +335,21 @@ def test_killed_remote_build_resumes_from_the_bucket(s3, corpus, local, tmp_path
     assert s3.objects("killed") == dataset_bytes(local)
     again = run(cmd, env=env)
     assert again.returncode == 0 and "build already complete" in again.stderr
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_cache_and_train_as_from_local_files(s3, local, remote, tmp_path):
+    """torchrun with 2 ranks (gloo): both ranks use the same cache directory (each object downloaded once, under
+    the cache's lock) and the losses are those of the same job on the local copy."""
+    def torchrun(data, out) -> list:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "spanbert_train", "--data", data, "--out", out, *TRAIN, "--micro-batch", "12"]  # fmt: skip
+
+    env = {**s3.env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "SPANBERT_CACHE": str(tmp_path / "cache")}
+    done = run(torchrun(local, tmp_path / "local"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run(torchrun(remote, tmp_path / "remote"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert train_losses(tmp_path / "remote") == train_losses(tmp_path / "local")
+    cache = tmp_path / "cache"
+    assert not list((cache / "holds").iterdir()) and not list((cache / "tmp").iterdir())
