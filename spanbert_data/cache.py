@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from spanbert_data.shards import DatasetError
+from spanbert_data.shards import DatasetError, sha256_file
 
 GB = 10**9
 DOWNLOAD_THREADS = 4
@@ -74,15 +74,19 @@ class ShardCache:
     Future with a DatasetError naming the object's URL; every later fetch of it raises the same error."""
 
     def __init__(self, directory: str | os.PathLike, limit: int, log: Callable[[str], None] | None = None,
-                 threads: int = DOWNLOAD_THREADS):  # fmt: skip
+                 threads: int = DOWNLOAD_THREADS, verify_cached: bool = True):  # fmt: skip
         self.dir = Path(directory)
         self.limit = int(limit)
+        # A copy found in the cache (downloaded by an earlier run or another process) is hashed again before this
+        # process first uses it, as a local shard would be: the disk under the cache can damage bytes too.
+        self.verify_cached = verify_cached
+        self._verified: set[str] = set()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         for sub in ("objects", "tmp", "holds"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._host = socket.gethostname().replace(".", "_")
         self._me = f"{self._host}.{os.getpid()}"
-        self._lockfile = open(self.dir / "lock", "a+")  # noqa: SIM115 (held for the cache's life)
+        self._lockfile = open(self.dir / "lock", "a+")  # held for the cache's life
         self._tlock = threading.RLock()  # flock excludes processes; this excludes our own threads
         self._refs: dict[str, int] = {}
         self._futures: dict[str, Future] = {}
@@ -160,13 +164,17 @@ class ShardCache:
             if self._closed.is_set():
                 raise CacheClosed("the cache is closed")
             with self._locked():
-                if final.is_file():
-                    os.utime(final)  # least recently used goes first
-                    return final
+                found = final.is_file()
                 tmp = None
-                if not self._in_flight(item.sha256) and self._make_room(item.size):
+                if found:
+                    os.utime(final)  # least recently used goes first
+                elif not self._in_flight(item.sha256) and self._make_room(item.size):
                     tmp = self.dir / "tmp" / f"{item.sha256}.{item.size}.{self._me}.{next(self._seq)}"
                     tmp.touch()  # the reservation: counted at its full size from now on
+            if found:  # held by us (fetch took the hold), so never evicted while it is hashed here
+                if self._check_cached(item, final):
+                    return final
+                continue
             if tmp is not None:
                 break
             if not noted and time.monotonic() - waited_since > WAIT_NOTE_S:
@@ -179,11 +187,31 @@ class ShardCache:
             with self._locked():  # a reader of the bookkeeping under the lock sees it as a reservation or an object
                 os.replace(tmp, final)
             self.downloaded += 1
+            self._verified.add(item.sha256)
             return final
         except InterruptedError:
             raise CacheClosed("the cache is closed") from None
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _check_cached(self, item: CacheItem, path: Path) -> bool:
+        """Whether the cached copy may be used: hashed once per process (verify_cached); a damaged copy is deleted
+        (then downloaded again) with a warning naming it."""
+        if not self.verify_cached or item.sha256 in self._verified:
+            return True
+        try:
+            size = path.stat().st_size
+            problem = None if size == item.size else f"{size} bytes, the manifest says {item.size}"
+            problem = problem or (None if sha256_file(path) == item.sha256 else "content hash differs")
+        except FileNotFoundError:
+            return False  # evicted by another process between the check and the hash: fetch it again
+        if problem is None:
+            self._verified.add(item.sha256)
+            return True
+        self.log(f"warning: {path}, the cached copy of {item.name}, is damaged ({problem}); downloading it again")
+        with self._locked():
+            path.unlink(missing_ok=True)
+        return False
 
     def _in_flight(self, sha: str) -> bool:
         """Another live download of this object (this or another process): wait for it instead of a second."""

@@ -178,7 +178,7 @@ class Remote:
 
         def listing():
             try:
-                found = self.fs.find(self.root, maxdepth=None, withdirs=False)
+                found = self.fs.ls(self.root, detail=False)  # one level is enough to tell
             except FileNotFoundError:
                 return True
             finally:

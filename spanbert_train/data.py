@@ -130,7 +130,7 @@ class Dataset:
         else:  # object storage: shards open lazily, once downloaded and verified (spanbert_train.remote_data)
             from spanbert_train.remote_data import remote_shards
 
-            shard = remote_shards(self, storage)
+            shard = remote_shards(self, storage, verify)
         self.epochs: list[list[Shard]] = [[] for _ in range(self.mask_epochs)]
         for entry in train:
             epoch = int(entry["epoch"])

@@ -24,6 +24,7 @@ download while this one trains, which is the default limit when the disk has roo
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,12 +132,13 @@ class RemoteShard(Shard):
                 self.cache.release(self.item)
 
 
-def remote_shards(dataset, storage: Storage | None):
-    """Give the Dataset its ShardCache; return the factory of its RemoteShards (entry -> shard)."""
+def remote_shards(dataset, storage: Storage | None, verify: str = "sha256"):
+    """Give the Dataset its ShardCache; return the factory of its RemoteShards (entry -> shard). Downloads are always
+    hashed; with verify='sha256' a copy found in the cache is hashed again before its first use in this process."""
     storage = storage or Storage()
     directory = Path(storage.cache_dir) if storage.cache_dir else default_cache_dir()
     try:
-        dataset.cache = ShardCache(directory, limit=0)
+        dataset.cache = ShardCache(directory, limit=0, verify_cached=verify == "sha256")
     except OSError as e:
         raise DatasetError(f"{directory}: cannot use it as the cache directory ({e.strerror or e}); "
                            "choose another --cache-dir") from None  # fmt: skip
@@ -159,8 +161,12 @@ def size_cache(dataset, storage: Storage | None) -> None:
     limit = storage.cache_limit if storage is not None else None
     what = (f"one mask epoch of {dataset.root} ({max(epochs) / GB:.3g} GB of shards, plus {valid / GB:.3g} GB of "
             "validation shards)")  # fmt: skip
-    dataset.cache.limit = choose_limit(dataset.cache.dir, dataset.cache.usage(), need, want, limit, what,
-                                       dataset.cache.log)  # fmt: skip
+    cache = dataset.cache
+    cache.limit = choose_limit(cache.dir, cache.usage(), need, want, limit, what, cache.log)
+    if os.environ.get("RANK", "0") == "0":
+        there = cache.cached_bytes([s.item for shards in (*dataset.epochs, dataset.valid) for s in shards])
+        cache.log(f"data: {dataset.root} through the cache {cache.dir} (limit {cache.limit / GB:.3g} GB; "
+                  f"{there / GB:.3g} of its {(sum(epochs) + valid) / GB:.3g} GB already there)")  # fmt: skip
 
 
 class DownloadAhead(VerifyAhead):

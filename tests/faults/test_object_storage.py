@@ -235,6 +235,17 @@ def test_corrupt_and_missing_objects_are_refused_by_name(s3, remote, tmp_path, m
     assert verified.returncode == 1 and f"bad: s3://{bad}: content hash differs" in verified.stderr
     assert verified.stderr.count("bad: ") == 1
 
+    # A damaged copy in the cache (the disk under it flipped a bit) is hashed before use, dropped and downloaded again.
+    warm = tmp_path / "warm"
+    _first_step(s3, "ds", warm, monkeypatch)
+    entry = json.loads(s3.fs.cat_file(f"{BUCKET}/ds/manifest.json"))["shards"]["train"][0]
+    cached = warm / "objects" / entry["sha256"]
+    data = bytearray(cached.read_bytes())
+    data[100] ^= 1
+    cached.write_bytes(bytes(data))
+    _first_step(s3, "ds", warm, monkeypatch)
+    assert (warm / "objects" / entry["sha256"]).read_bytes() == s3.fs.cat_file(f"{BUCKET}/ds/{entry['path']}")
+
     s3.fs.rm(f"{BUCKET}/ds-bad/valid/part-00000.arrow")  # a validation shard: needed before the first step
     with pytest.raises(DatasetError, match="ds-bad/valid/part-00000.arrow: the object is missing"):
         _first_step(s3, "ds-bad", tmp_path / "cache2", monkeypatch)  # cache2: the run above cached a copy of it
