@@ -126,10 +126,15 @@ class Remote:
                     raise InterruptedError("stopped") from None
         raise AssertionError("unreachable")
 
-    def _call(self, fn: Callable, what: str):
-        """`retrying`, with a refused permission or missing credentials turned into one line naming the URL."""
+    def _call(self, fn: Callable, what: str, missing: str = "not found; check that the bucket and prefix exist",
+              stop: threading.Event | None = None):  # fmt: skip
+        """`retrying`, with every failure that retrying cannot help turned into one line naming the URL."""
         try:
-            return self.retrying(fn, what)
+            return self.retrying(fn, what, stop)
+        except RemoteError:
+            raise
+        except FileNotFoundError:
+            raise RemoteError(f"{what}: {missing}") from None
         except PermissionError as e:
             raise RemoteError(f"{what}: permission denied ({reason(e)}); check your credentials") from None
         except Exception as e:
@@ -209,11 +214,11 @@ class Remote:
         """Why object `rel` is not the one the manifest recorded (one line naming its URL), or None; streamed,
         nothing written to disk."""
         try:
-            n, digest = self.retrying(lambda: self.stream(rel, size), self / rel)
-        except FileNotFoundError:
-            return f"{self / rel}: missing"
-        except (PermissionError, RemoteError) as e:
-            return f"{self / rel}: cannot be read ({reason(e)})"
+            n, digest = self._call(lambda: self.stream(rel, size), self / rel, missing="missing")
+        except RemoteError as e:
+            if str(e) == f"{self / rel}: missing":
+                return str(e)
+            raise  # credentials, permissions, the network: not about this object, one line for all
         if size is not None and n != size:
             return f"{self / rel}: {n if n <= size else 'more than ' + str(size)} bytes, manifest says {size} " \
                    "(truncated or replaced)"  # fmt: skip
@@ -228,14 +233,8 @@ class Remote:
         bytes), then DatasetError names the URL. The caller renames `dest` into place."""
         for attempt in range(hash_retries):
             with open(dest, "wb") as out:
-                try:
-                    n, digest = self.retrying(lambda: self._stream_to(rel, size, out, stop), self / rel, stop)
-                except FileNotFoundError:
-                    raise RemoteError(f"{self / rel}: the object is missing; restore it or rebuild the dataset") \
-                        from None
-                except PermissionError as e:
-                    raise RemoteError(f"{self / rel}: permission denied ({reason(e)}); check your credentials") \
-                        from None
+                n, digest = self._call(lambda: self._stream_to(rel, size, out, stop), self / rel,
+                                       "the object is missing; restore it or rebuild the dataset", stop)
             if size is not None and n != size:
                 problem = f"{n if n <= size else 'more than ' + str(size)} bytes, manifest says {size} (truncated " \
                           "or replaced)"  # fmt: skip

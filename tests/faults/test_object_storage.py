@@ -303,6 +303,10 @@ def test_cache_limit_below_one_epoch_and_foreign_prefixes_are_refused(s3, remote
     done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", s3.url("x"), "--scheduler", "tcp://127.0.0.1:1"],
                env=s3.env)  # fmt: skip
     assert_clean_error(done, "--work-dir")
+    done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", "s3://no-such-bucket/ds", *OPTIONS], env=s3.env)
+    assert_clean_error(done, "s3://no-such-bucket/ds/build.json", "check that the bucket and prefix exist")
+    done = run([*DATA_CLI, "verify", "s3://no-such-bucket/ds"], env=s3.env)
+    assert_clean_error(done, "s3://no-such-bucket/ds/manifest.json", "missing")
 
 
 def _assert_bucket_consistent(s3: S3, prefix: str) -> None:
