@@ -89,6 +89,8 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr, storag
             manifest = mirror.finished() if mirror else _read_json(out / MANIFEST)
         if manifest is not None:
             log(f"{where}: build already complete ({manifest['blocks']} blocks); nothing to do")
+            if mirror is not None:
+                mirror.finish()
             return manifest
         with make_executor(cfg.workers, cfg.scheduler, log) as executor:
             manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log, mirror)

@@ -11,8 +11,9 @@ On a re-run the bucket is the truth. A pass-1 unit is done when its marker objec
 part has the recorded size; pass 2 needs the token store on local disk, so missing parts are downloaded
 into the staging directory (SHA-256 checked). A pass-2 shard is done when its marker object exists and its
 data object has the recorded size. Work the staging directory finished but the bucket lacks (a run killed
-between the two) is uploaded, not redone. Finished shards are deleted locally once uploaded, so the staging
-directory holds the token store and the shards in flight, and it is removed when the build is complete.
+between the two) is uploaded, not redone. In the default staging directory, finished shards are deleted once
+uploaded, so it holds the token store and the shards in flight, and it is removed when the build is complete; a
+`--work-dir` the user names is never emptied or removed (it ends as a complete local copy).
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ UPLOAD_THREADS = 4
 class Mirror:
     """The bucket side of a build to a remote --out (see the module docstring)."""
 
-    def __init__(self, remote: Remote, work: Path, log: Callable[[str], None]):
+    def __init__(self, remote: Remote, work: Path, log: Callable[[str], None], owned: bool = True):
         self.remote, self.work, self.log = remote, work, log
+        # The default staging directory is ours: uploaded shards are deleted from it and it is removed at the end.
+        # A --work-dir the user named is never emptied or removed (at the end it holds a complete local copy).
+        self.owned = owned
         self.previous: dict | None = None  # the bucket's build.json
         self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="spanbert-upload")
         self._pending: list[Future] = []
@@ -54,7 +58,7 @@ class Mirror:
             )
         remote = Remote(out, storage_options, log)
         work = Path(work_dir) if work_dir else default_work_dir(remote.url)
-        mirror = cls(remote, work, log)
+        mirror = cls(remote, work, log, owned=work_dir is None)
         previous = remote.read_bytes(BUILD_FILE)
         if previous is not None:
             import json
@@ -77,10 +81,15 @@ class Mirror:
         A staging directory of another build (other options or corpus, or another tokenizer than the bucket's) is
         emptied. When the bucket knows the tokenizer and staging lacks it, it is downloaded (hash checked), so a
         resumed build never trains the vocabulary again."""
+        from spanbert_data.build import BuildError
+
         remote_tok = (self.previous or {}).get("tokenizer_sha256")
         if local_previous is not None:
             same = (local_previous.get("options"), local_previous.get("sources")) == (plan["options"], plan["sources"])
             if not same or (remote_tok and local_previous.get("tokenizer_sha256") not in (None, remote_tok)):
+                if not self.owned:
+                    raise BuildError(f"{self.work / BUILD_FILE}: --work-dir holds another build (other options, "
+                                     "corpus or tokenizer); choose another --work-dir")  # fmt: skip
                 self.log(f"{self.work}: staging directory of another build; emptying it")
                 shutil.rmtree(self.work)
                 claim(self.work)
@@ -103,7 +112,7 @@ class Mirror:
     def publish(self, data: list[str], marker: str, drop: bool = False) -> None:
         """Upload data files, then their marker, in a background thread; `drop` deletes them locally afterwards."""
         self._raise_failed()
-        self._pending.append(self._pool.submit(self._publish, data, marker, drop))
+        self._pending.append(self._pool.submit(self._publish, data, marker, drop and self.owned))
 
     def _publish(self, data: list[str], marker: str, drop: bool) -> None:
         for rel in data:
@@ -148,7 +157,8 @@ class Mirror:
         marker = self.remote.read_json(plan.marker)
         if marker is not None and marker.get("path") == plan.path \
                 and self.remote.size(plan.path) == marker.get("bytes"):
-            (self.work / plan.path).unlink(missing_ok=True)
+            if self.owned:
+                (self.work / plan.path).unlink(missing_ok=True)
             return marker
         local = _read_json(self.work / plan.marker)
         path = self.work / plan.path
@@ -171,9 +181,10 @@ class Mirror:
             raise DatasetError(f"{path}: cannot write the store part ({reason(e)})") from None
 
     def finish(self) -> None:
-        """The build is complete in the bucket: remove the staging directory."""
+        """The build is complete in the bucket: remove the staging directory (the default one only)."""
         self.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if self.owned:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def _vouches(marker: dict | None, unit) -> bool:

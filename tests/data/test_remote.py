@@ -77,3 +77,23 @@ def test_build_verify_and_train_through_memory_filesystem(tmp_path, monkeypatch)
         "memory://rt/ds/epoch-1/part-00000.arrow: content hash differs from the manifest (corrupt, or replaced by "
         "another object)"
     ]
+
+
+def test_a_named_work_dir_is_kept_as_a_complete_copy_and_never_emptied(tmp_path, monkeypatch):
+    """The default staging directory is removed at the end; a --work-dir the user names is theirs: it ends as a
+    complete local dataset, and one holding another build is refused, not emptied."""
+    from spanbert_data.build import BuildError
+
+    monkeypatch.setenv("SPANBERT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[:3]))
+    options = dict(corpus=corpus, tokenizer=VOCAB, max_seq_len=64, rows_per_shard=64)
+    build_dataset(BuildConfig(out=tmp_path / "local", **options), log=lambda m: None)
+    build_dataset(BuildConfig(out="memory://wd/a", work_dir=tmp_path / "wd", **options), log=lambda m: None)
+    assert dataset_bytes(tmp_path / "wd") == dataset_bytes(tmp_path / "local") and verify_dataset(tmp_path / "wd") == []
+    before = dataset_bytes(tmp_path / "wd")
+    with pytest.raises(BuildError, match="--work-dir holds another build"):
+        build_dataset(BuildConfig(out="memory://wd/b", work_dir=tmp_path / "wd", **options, seed=7), log=lambda m: None)
+    assert dataset_bytes(tmp_path / "wd") == before
+    build_dataset(BuildConfig(out="memory://wd/c", **options), log=lambda m: None)
+    assert not any((tmp_path / "cache" / "build").iterdir())  # the default staging directory is gone
