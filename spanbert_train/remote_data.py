@@ -122,6 +122,11 @@ class RemoteShard(Shard):
                 raise DatasetError(f"{self.name}: the run is stopping") from None
             self._open(self.entry, self.max_seq_len)
 
+    def downloaded(self) -> bool:
+        """Whether the download this shard waits for (if any) has finished, well or not."""
+        future = self._future
+        return future is None or future.done()
+
     def release_after(self, epoch: int) -> None:
         """No step of training epoch `epoch` needs the shard any more: drop its memory map and its hold."""
         with self._lock:
@@ -202,8 +207,9 @@ class DownloadAhead(VerifyAhead):
             for shard in shards:
                 shard.prefetch(epoch)  # all of the epoch's downloads queued at once (the cache runs a few at a time)
             for shard in shards:
-                if self.stop.is_set():
-                    return
+                while not shard.downloaded():  # a download may wait for cache space: stay responsive to stop
+                    if self.stop.wait(0.05):
+                        return
                 shard.ensure(epoch)
             epoch, index = epoch + 1, 0
             while self.producing_epoch < epoch - 1:  # one epoch of look-ahead
