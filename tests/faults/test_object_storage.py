@@ -155,6 +155,23 @@ def test_training_from_s3_gives_the_local_losses(s3, local, remote, local_losses
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (local / "tokenizer.json").read_bytes()
 
 
+def test_a_run_from_s3_stopped_mid_epoch_resumes_to_the_local_losses(s3, remote, local_losses, tmp_path):
+    """SIGTERM once ten steps are logged (the run saves that step and exits 0), then the same command with --resume:
+    the downloads restart from the checkpoint's position in the epoch, and the losses are the uninterrupted local
+    run's."""
+    out = tmp_path / "run"
+    cmd = [*TRAIN_CLI, "--data", remote, "--out", out, *TRAIN, "--resume"]
+    proc = spawn(cmd, env=s3.env)
+    assert wait_for(lambda: len(train_losses(out)) >= 10 or proc.poll() is not None, 120, 0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    stopped_at = max(train_losses(out))
+    assert stopped_at < STEPS, "the run finished before it was stopped"
+    done = run(cmd, env=s3.env)
+    assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
+    assert train_losses(out) == local_losses
+
+
 def _cache_bytes(cache: Path) -> int:
     """Bytes on disk in the cache: verified objects and partial downloads, read under the cache's own lock (so
     that an eviction and the download it makes room for are not both counted)."""
