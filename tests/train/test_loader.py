@@ -9,7 +9,7 @@ import pytest
 
 from spanbert_data.shards import DatasetError
 from spanbert_train.config import ConfigError
-from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order, valid_batches
+from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order
 from tests.train.dataset_fixture import make_dataset, rewrite_manifest
 
 
@@ -99,17 +99,6 @@ def test_stream_crosses_epochs_and_resumes_at_a_position(dataset_dir):
     for (e, i, ids), s in zip(seen[5:8], again, strict=True):
         assert (e, i) == (s.epoch, s.index)
         np.testing.assert_array_equal(ids, s.micro_batches[0].input_ids.numpy())
-
-
-def test_validation_batches_split_rows_over_ranks(dataset_dir):
-    ds = Dataset(dataset_dir)
-    alone = [b.input_ids.numpy() for b in valid_batches(ds, 3, 0, 1)]
-    assert len(alone) == 4
-    pair = [list(valid_batches(ds, 3, r, 2)) for r in range(2)]
-    assert len(pair[0]) == len(pair[1]) == 2
-    together = np.concatenate([b.input_ids.numpy() for j in range(2) for r in range(2) for b in [pair[r][j]]])
-    np.testing.assert_array_equal(together, np.concatenate(alone))
-    assert len(list(valid_batches(ds, 3, 0, 1, max_batches=2))) == 2
 
 
 def test_bad_batch_geometry_is_a_config_error(dataset_dir):
