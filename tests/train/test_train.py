@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,8 @@ def test_loss_falls_on_the_example_corpus(tmp_path):
     losses = [r["loss"] for r in rows]
     assert losses[0] > 18.0  # 2 × ln(30522) ≈ 20.6 at initialisation (MLM + SBO, SPEC §4)
     assert sum(losses[-5:]) / 5 < losses[0] - 3.0, losses
+    # The run records its dataset's unigram entropy (the plot's reference line): H of the manifest's counts.
+    counts = np.asarray(json.loads((data / "manifest.json").read_text())["unigram_counts"], dtype=np.float64)
+    p = counts[counts > 0] / counts.sum()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["dataset_unigram_entropy"]
+    assert recorded == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12) and 5.0 < recorded < 9.0
