@@ -37,5 +37,5 @@ Done. Everything is under $OUT/:
   $OUT/run/metrics.jsonl  one JSON line per logged step (loss, loss_mlm, loss_sbo, accuracies, lr, tokens/s)
   $OUT/run/checkpoints/ the checkpoints (resume with --resume)
   $OUT/run/loss.png     the loss curves, with the unigram-entropy line
-  spanbert-train evaluate $OUT/run   held-out loss and accuracy, by span length (one JSON line)
+  $BIN/spanbert-train evaluate $OUT/run   prints held-out loss and accuracy, by span length (one JSON line)
 MSG

@@ -165,6 +165,7 @@ class TrainConfig:
 # Per-preset optimisation recipes: the values used when neither the config file nor the command line
 # gives them. base and large are the paper's (SPEC §5); tiny and small are ours, for CPU runs and tests
 # (tiny: the small batches and peak lr with which bench/pretrain_quality.py leaves the unigram plateau).
+# SPEC §5's base row gives batch, updates and peak lr but no warm-up: base keeps the schedule row's 10,000.
 RECIPE_FIELDS = ("optim.lr", "optim.warmup_steps", "max_steps", "data.global_batch_size")
 RECIPES: dict[str, dict] = {
     "large": {"optim.lr": 1e-4, "optim.warmup_steps": 10_000, "max_steps": 2_400_000,
