@@ -143,7 +143,7 @@ def train(name: str, scheme: str, sbo_weight: float, data: Path, s: dict, out: P
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first includes start-up
     median = float(np.median(rates)) if rates else None
-    info = {"wall_s": time.perf_counter() - tic, "median_tokens_per_s": median,  # slots/s of single steps
+    info = {"wall_s_this_invocation": time.perf_counter() - tic, "median_tokens_per_s": median,  # slots/s, 1 step
             "steps_s_at_median": s["steps"] * s["batch"] * s["seq"] / median if median else None,
             "load_after": os.getloadavg()[0]}  # fmt: skip
     done.write_text(json.dumps(info) + "\n")
@@ -192,7 +192,7 @@ def plot(result: dict, path: Path) -> None:
                 color=colors[name], ms=3, label=f"{name}: held-out MLM (own masking)")  # fmt: skip
     line = result["unigram"]["span"]["unigram_entropy"]
     ax.axhline(line, color="black", ls="--", lw=1, label=f"unigram entropy {line:.2f} nats")
-    ax.set_xlabel("training tokens (M)")
+    ax.set_xlabel("training slots (M; 128 per row, ~12% of them padding)")
     ax.set_ylabel("MLM cross-entropy (nats)")
     ax.set_ylim(top=line + 1.5)
     ax.set_title(f"{result['scale']}: {result['settings']['model']} model, faint = training loss")
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=",".join(RUNS),
                         help="which of the four runs to train now (comma-separated; the table shows all finished ones)")
     parser.add_argument("--steps", type=int, default=None, help="override the scale's updates (a quick look)")
+    parser.add_argument("--note", default="", help="a remark stored in the result (e.g. how the machine was loaded)")
     args = parser.parse_args(argv)
     s = dict(SCALES[args.scale])
     if args.steps:
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in wanted and not (out / "runs" / name / "trained.json").is_file():
             continue
         info = train(name, scheme, sbo_weight, datasets[scheme], s, out, args.seed)
-        log(f"{name}: trained ({info['wall_s']:.0f} s, {info['median_tokens_per_s'] or 0:.0f} slots/s)")
+        log(f"{name}: trained ({info['median_tokens_per_s'] or 0:.0f} slots/s, median of single steps)")
         own = evaluate(name, datasets[scheme], out)
         span = evaluate(name, datasets["span"], out)
         runs[name] = {"scheme": scheme, "sbo_weight": sbo_weight, "train": info, "eval_own_masking": own,
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         r["below_unigram_entropy_nats"] = line - r["eval_own_masking"]["loss_mlm"]
     sources = (Path(args.corpus).parent if args.corpus else out / "corpus") / "SOURCES.json"
     result = {"scale": args.scale, "settings": s, "seed": args.seed, "threads": args.threads or "default",
+              "note": args.note,
               "tokens_per_run": s["steps"] * tokens_per_step,
               "unigram": unigram, "runs": runs, "prep_s": prep_s, "total_s": total_s,
               "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
