@@ -114,11 +114,11 @@ def prepare_data(args, s: dict, out: Path) -> dict[str, Path]:
 def unigram_line(dataset: Path) -> dict:
     """The corpus's unigram entropy, and the held-out MLM targets' cross-entropy under that distribution."""
     from spanbert_train.data import Dataset, RowSource
+    from spanbert_train.evaluate import unigram_entropy
 
     ds = Dataset(dataset)
     counts = np.asarray(ds.manifest["unigram_counts"], dtype=np.float64)
-    p = counts / counts.sum()
-    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    entropy = unigram_entropy(ds.manifest)
     smoothed = (counts + 0.5) / (counts + 0.5).sum()
     source = RowSource(ds.valid)
     labels = source.gather(np.arange(len(source)))["mlm_labels"][1].astype(np.int64)

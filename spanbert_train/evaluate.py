@@ -73,6 +73,15 @@ def word_start_table(dataset: Dataset) -> np.ndarray:
     return table
 
 
+def unigram_entropy(manifest: dict) -> float | None:
+    """Entropy (nats) of the dataset's token distribution: the loss of a model that ignores the context."""
+    counts = np.asarray(manifest.get("unigram_counts") or [], dtype=np.float64)
+    if counts.sum() <= 0:
+        return None
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, word_start: np.ndarray) -> np.ndarray:
     """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row)."""
     pos = positions.astype(np.int64)

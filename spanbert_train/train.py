@@ -36,7 +36,7 @@ from spanbert_train.checkpoint import (
 )
 from spanbert_train.config import ConfigError, TrainConfig
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
-from spanbert_train.evaluate import evaluate_model, word_start_table
+from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
@@ -388,15 +388,6 @@ class Trainer:
         self.loader.close()
         if self.logger:
             self.logger.close()
-
-
-def unigram_entropy(manifest: dict) -> float | None:
-    """Entropy (nats) of the dataset's token distribution: the loss of a model that ignores the context."""
-    counts = np.asarray(manifest.get("unigram_counts") or [], dtype=np.float64)
-    if counts.sum() <= 0:
-        return None
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
 
 
 def _main_thread() -> bool:
