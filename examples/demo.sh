@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: build the bundled Wikipedia sample into training shards, then pre-train the `tiny`
-# SpanBERT on it for ~5 minutes on 2 CPU cores and plot the loss against the unigram-entropy line.
+# SpanBERT on it for ~4 minutes on 2 CPU cores and plot the loss against the unigram-entropy line.
 #
 # The settings are the ones that leave the unigram plateau soonest on CPU (measured for
 # bench/pretrain_quality.py): 128-slot rows, 32 rows per update, no dropout, peak lr 1e-3. 5% of the
 # articles are held out so the held-out curve is not one article's. The 2.6 MB sample is small: in
-# 5 minutes the model passes over it ~5 times, and its held-out loss only reaches the unigram line
+# 4 minutes the model passes over it ~5 times, and its held-out loss only reaches the unigram line
 # (README, "Quick start"); bench/pretrain_quality.py shows it going clearly below on 30 MB of prose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
