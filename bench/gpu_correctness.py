@@ -265,7 +265,7 @@ def check_kernel(op: str, dtype, s: dict, device, seed) -> dict:
 def train_config(s, data: Path, out: Path, kernels: str, steps: int, **kw) -> TrainConfig:
     overrides = kw.pop("overrides", {})
     return TrainConfig(
-        out=str(out), max_steps=steps, seed=kw.pop("seed", 1234), eval_every=0, eval_batches=1, log_every=1,
+        out=str(out), max_steps=steps, seed=kw.pop("seed", 1234), eval_every=0, eval_rows=4, log_every=1,
         kernels=kernels, data=DataConfig(path=str(data), global_batch_size=s["batch"], micro_batch=s["micro"]),
         model=ModelSpec(preset=s["model"], overrides=overrides), optim=OptimConfig(lr=1e-4), **kw,
     ).validate()  # fmt: skip

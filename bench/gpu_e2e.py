@@ -88,7 +88,7 @@ def main() -> None:
            "--data", str(args.data), "--out", str(args.run), "--model", args.model, "--max-steps", "100000",
            "--global-batch-size", str(args.global_batch_size), "--micro-batch", str(args.micro_batch),
            "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--log-every", str(args.log_every),
-           "--save-every", "0", "--eval-every", "0", "--eval-batches", "4"]  # fmt: skip
+           "--save-every", "0", "--eval-every", "0"]  # fmt: skip
     if shutil.which("spanbert-train") is None:
         sys.exit("gpu_e2e: spanbert-train is not on PATH (install the project, or let gpu_check.sh make its shim)")
     print("$ " + " ".join(cmd), flush=True)

@@ -166,6 +166,9 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
             for split in ("train", "valid")
         },
     }
+    # A worker killed between writing a temp file and renaming it (its task ran again elsewhere) leaves the temp
+    # behind: a complete dataset holds only its own files.
+    _remove_stale_temps(out)
     atomic_write_json(out / MANIFEST, manifest)
     if mirror is not None:  # strictly last: its presence in the bucket means "complete"
         mirror.drain()

@@ -89,29 +89,15 @@ class PoolExecutor(Executor):
 
     def run(self, fn, tasks, on_done) -> None:
         pool = self._get_pool()
-        limit = 2 * self.workers  # tasks in flight: enough to keep every worker busy, few enough to bound memory
-        pending: dict = {}
-        tasks = iter(tasks)
         try:
-            while True:
-                while len(pending) < limit:
-                    task = next(tasks, None)
-                    if task is None:
-                        break
-                    pending[pool.submit(fn, *task[1])] = task
-                if not pending:
-                    return
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: pending[f][0]):
-                    key, args = pending.pop(fut)
-                    on_done(key, args, fut.result())
+            # In flight: enough to keep every worker busy, few enough to bound memory (and a stream's work files).
+            _drive(tasks, on_done, 2 * self.workers, lambda key, args: pool.submit(fn, *args),
+                   lambda futs: wait(futs, return_when=FIRST_COMPLETED)[0], lambda fut, key: fut.result(),
+                   lambda fut: fut.cancel())  # fmt: skip
         except BrokenExecutor:
             raise ExecutorError(
                 "a worker process died (killed, or out of memory); re-run the same command to resume"
             ) from None
-        finally:
-            for fut in pending:
-                fut.cancel()
 
     def describe(self) -> str:
         return f"a local pool of {self.workers} processes"
@@ -165,27 +151,10 @@ class DaskExecutor(Executor):
     def run(self, fn, tasks, on_done) -> None:
         import distributed
 
-        limit = 4 * self.workers
-        pending: dict = {}
-        tasks = iter(tasks)
-        try:
-            while True:
-                while len(pending) < limit:
-                    task = next(tasks, None)
-                    if task is None:
-                        break
-                    key, args = task
-                    fut = self.client.submit(fn, *args, key=key, retries=self.RETRIES, pure=False)
-                    pending[fut] = task
-                if not pending:
-                    return
-                done = distributed.wait(list(pending), return_when="FIRST_COMPLETED").done
-                for fut in sorted(done, key=lambda f: pending[f][0]):
-                    key, args = pending.pop(fut)
-                    on_done(key, args, _result(fut, key))
-        finally:
-            for fut in pending:
-                fut.release()
+        _drive(tasks, on_done, 4 * self.workers,
+               lambda key, args: self.client.submit(fn, *args, key=key, retries=self.RETRIES, pure=False),
+               lambda futs: distributed.wait(futs, return_when="FIRST_COMPLETED").done, _result,
+               lambda fut: fut.release())  # fmt: skip
 
     def share(self, obj):
         return self.client.scatter(obj, broadcast=True, hash=False)
@@ -201,6 +170,28 @@ class DaskExecutor(Executor):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+def _drive(tasks: Iterable[Task], on_done: OnDone, limit: int, submit, wait_some, result, drop) -> None:
+    """Keep at most `limit` tasks in flight, taking them lazily from `tasks` (a reader may still be producing
+    them); hand each result to `on_done` as it arrives. What is still in flight when this fails is dropped."""
+    pending: dict = {}
+    tasks = iter(tasks)
+    try:
+        while True:
+            while len(pending) < limit:
+                task = next(tasks, None)
+                if task is None:
+                    break
+                pending[submit(*task)] = task
+            if not pending:
+                return
+            for fut in sorted(wait_some(list(pending)), key=lambda f: pending[f][0]):
+                key, args = pending.pop(fut)
+                on_done(key, args, result(fut, key))
+    finally:
+        for fut in pending:
+            drop(fut)
 
 
 def _result(fut, key: str):

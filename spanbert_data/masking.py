@@ -32,6 +32,7 @@ from spanbert_data.rng import next_uniform, stream_key
 SCHEMES = ("span", "subword", "whole-word")
 REPLACEMENTS = ("unigram", "uniform")
 KIND_MASK, KIND_RANDOM, KIND_KEEP, KIND_MIXED = 0, 1, 2, 3
+MAX_SBO_OFFSETS = 15  # SPEC §3: p[k] for k = 0..14; the shard column sbo_offsets and the model's table hold no more
 _SCHEME_CODE = {"span": 0, "subword": 1, "whole-word": 2}
 # ceil(ratio * n) must be the arithmetic ceiling: in float64, 0.15 * 100 = 15.000000000000002.
 _BUDGET_TOL = 1e-9
@@ -50,6 +51,9 @@ class MaskingConfig:
     random_token_prob: float = 0.1  # ... or all random tokens; the rest is kept unchanged
     replacement: str = "unigram"  # random tokens from the corpus unigram counts, or uniform over the vocab
 
+    def __post_init__(self) -> None:
+        self.validate()  # refuse a bad value where it is set, not in pass 2 of a build
+
     def validate(self) -> None:
         """Raise ValueError naming the offending field and the rule it breaks."""
         if self.scheme not in SCHEMES:
@@ -62,9 +66,13 @@ class MaskingConfig:
             raise ValueError(f"masking.geometric_p must be in (0, 1], got {self.geometric_p}")
         if not isinstance(self.max_span_words, int) or self.max_span_words < 1:
             raise ValueError(f"masking.max_span_words must be an integer >= 1, got {self.max_span_words!r}")
-        if not isinstance(self.max_sbo_offset, int) or not 0 <= self.max_sbo_offset <= 256:
-            # k is stored as uint8, so at most 256 offsets (0..255); 0 disables SBO targets.
-            raise ValueError(f"masking.max_sbo_offset must be an integer in 0..256, got {self.max_sbo_offset!r}")
+        if not isinstance(self.max_sbo_offset, int) or not 0 <= self.max_sbo_offset <= MAX_SBO_OFFSETS:
+            # The shard format and the SBO head's position table hold k in 0..14 (SPEC §3, docs/FORMAT.md);
+            # 0 disables SBO targets.
+            raise ValueError(
+                f"masking.max_sbo_offset must be an integer in 0..{MAX_SBO_OFFSETS} (SBO targets only for the first "
+                f"{MAX_SBO_OFFSETS} tokens of a span, SPEC §3), got {self.max_sbo_offset!r}"
+            )
         for name in ("mask_token_prob", "random_token_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"masking.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "spanbert_train.metrics:plot_command",
     "export": "spanbert_train.export:export_command",
     "finetune-qa": "spanbert_train.qa.finetune:finetune_qa_command",
+    "evaluate": "spanbert_train.evaluate:evaluate_command",
 }
 
 
@@ -69,11 +70,12 @@ OPTION_FIELDS = {
     "data": "data.path", "out": "out", "model": "model.preset", "max_steps": "max_steps",
     "global_batch_size": "data.global_batch_size", "micro_batch": "data.micro_batch", "seed": "seed",
     "lr": "optim.lr", "warmup_steps": "optim.warmup_steps", "weight_decay": "optim.weight_decay",
-    "clip_grad_norm": "optim.clip_grad_norm", "eval_every": "eval_every", "eval_batches": "eval_batches",
+    "clip_grad_norm": "optim.clip_grad_norm", "eval_every": "eval_every", "eval_rows": "eval_rows",
     "save_every": "save_every", "keep_last": "keep_last", "resume": "resume", "kernels": "kernels",
     "log_every": "log_every", "tensorboard": "tensorboard", "max_nonfinite": "max_nonfinite",
     "verify_shards": "data.verify", "prefetch": "data.prefetch", "init_from": "model.init_from",
     "cache_dir": "data.cache_dir", "cache_limit": "data.cache_limit", "storage_options": "data.storage_options",
+    "sbo_weight": "sbo_weight",
 }  # fmt: skip
 
 
@@ -95,8 +97,9 @@ def _opt(*decls, field: str, **kwargs):
 
 
 def resolve_config(options: dict, config_file: str | None, model_set: tuple[str, ...]) -> TrainConfig:
-    """Defaults, then the config file, then the options actually given (those not None)."""
-    cfg = from_dict(load_config_file(config_file)) if config_file else TrainConfig()
+    """Defaults, then the config file, then the options actually given (those not None), then the recipe."""
+    cfg = from_dict(load_config_file(config_file), source=f"config file {config_file}") if config_file \
+        else TrainConfig()
     given: dict = {}
     for name, value in options.items():
         if value is None:
@@ -108,7 +111,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
         node[leaf] = value
     if model_set:
         given.setdefault("model", {}).update(dict(parse_override(item) for item in model_set))
-    return from_dict(given, base=cfg).validate()
+    return from_dict(given, base=cfg, source="command line").validate()
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +132,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 @_opt("--weight-decay", field="optim.weight_decay", type=float)
 @_opt("--clip-grad-norm", field="optim.clip_grad_norm", type=float)
 @_opt("--eval-every", field="eval_every", type=int)
-@_opt("--eval-batches", field="eval_batches", type=int)
+@_opt("--eval-rows", field="eval_rows", type=int)
 @_opt("--save-every", field="save_every", type=int)
 @_opt("--keep-last", field="keep_last", type=int)
 @_opt("--resume/--no-resume", field="resume")
@@ -142,6 +145,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 @_opt("--cache-dir", field="data.cache_dir", metavar="DIR")
 @_opt("--cache-limit", field="data.cache_limit", type=float, metavar="GB")
 @_opt("--storage-options", field="data.storage_options", metavar="JSON", callback=_json_option)
+@_opt("--sbo-weight", field="sbo_weight", type=float)
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.pass_context
 def cli(ctx: click.Context, config_file, model_set, print_config, **options) -> None:

@@ -1,9 +1,11 @@
 """The trainer's options: one dataclass per concern, defaults reproducing SPEC.md §4–§5.
 
-A run's configuration is resolved in three layers — the dataclass defaults, then a `--config`
-file (TOML; YAML when PyYAML is installed), then the command-line options actually given — and
-validated once. Every error names the dotted field (`optim.lr must be > 0`), so the CLI can
-print it as one line. The resolved configuration is printed at start, saved as
+A run's configuration is resolved in layers — the dataclass defaults, then a `--config` file
+(TOML; YAML when PyYAML is installed), then the command-line options actually given, and last the
+model preset's *recipe* (RECIPES: peak lr, warm-up, total updates and global batch of SPEC §5) for
+each of those four values that none of the layers set — and validated once. `TrainConfig.sources`
+records where every value came from. Every error names the dotted field (`optim.lr must be > 0`), so
+the CLI can print it as one line. The resolved configuration is printed at start, saved as
 RUN_DIR/config.json and stored in every checkpoint.
 """
 
@@ -28,8 +30,8 @@ class ConfigError(ValueError):
 class DataConfig:
     path: str = ""
     """The dataset directory written by `spanbert-data build` (holds manifest.json)."""
-    global_batch_size: int = 256
-    """Rows per optimizer step, over all ranks and accumulation steps (SPEC §5: ≈ 256 full-length rows)."""
+    global_batch_size: int | None = None
+    """Rows per optimizer step, over all ranks and accumulation steps; default: the preset's recipe (RECIPES)."""
     micro_batch: int = 8
     """Rows per forward/backward on one rank; global_batch_size / (ranks × micro_batch) accumulation steps."""
     prefetch: int = 2
@@ -56,8 +58,8 @@ class ModelSpec:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    """Peak learning rate reached at the end of warm-up (SPEC §5)."""
+    lr: float | None = None
+    """Peak learning rate reached at the end of warm-up; default: the preset's recipe (RECIPES, SPEC §5)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam β1, β2 (SPEC §5)."""
     eps: float = 1e-8
@@ -65,7 +67,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     """Decoupled weight decay, not applied to biases and LayerNorm weights (SPEC §5, as BERT)."""
     warmup_steps: int | None = None
-    """Linear warm-up steps; None = 10,000 (SPEC §5) or 10% of max_steps when that is shorter."""
+    """Linear warm-up steps; default: the preset's recipe (RECIPES), at most 10% of max_steps."""
     clip_grad_norm: float = 1.0
     """Global gradient-norm clipping threshold (SPEC §5); 0 disables clipping."""
 
@@ -74,14 +76,14 @@ class OptimConfig:
 class TrainConfig:
     out: str = ""
     """The run directory: config.json, metrics.jsonl, checkpoints/."""
-    max_steps: int = 2_400_000
-    """Optimizer steps; the learning rate decays linearly to 0 here (SPEC §5)."""
+    max_steps: int | None = None
+    """Optimizer steps; the learning rate decays linearly to 0 here; default: the preset's recipe (RECIPES)."""
     seed: int = 1234
     """Seed of initialisation, dropout and the data order."""
     eval_every: int = 1000
     """Evaluate on the validation shards every N steps (0 = only at the end)."""
-    eval_batches: int = 50
-    """Validation micro-batches per rank per evaluation (0 = the whole validation split)."""
+    eval_rows: int = 2048
+    """Held-out rows per evaluation: a fixed uniform subset, the same for any launch (0 = the whole split)."""
     save_every: int = 1000
     """Write a checkpoint every N steps (0 = only at the end and on SIGTERM)."""
     keep_last: int = 3
@@ -96,17 +98,46 @@ class TrainConfig:
     """Also write TensorBoard events to RUN_DIR/tensorboard (needs the tensorboard package)."""
     max_nonfinite: int = 20
     """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    sbo_weight: float = 1.0
+    """Weight of the SBO loss (SPEC §4: 1.0); 0 trains MLM only (the paper's span masking without SBO)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Where the rows come from and how they are batched."""
     model: ModelSpec = field(default_factory=ModelSpec)
     """Which model to train."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """The optimiser and its schedule."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each value came from: default, recipe PRESET, config file FILE, or command line (filled on resolve)."""
+
+    def resolve(self) -> TrainConfig:
+        """Fill what no layer set from the preset's recipe and record every value's source; return self."""
+        _choice(self.model, "preset", MODEL_PRESETS, prefix="model.")
+        recipe = RECIPES[self.model.preset]
+        defaults = TrainConfig()
+        for dotted in _leaf_fields(self):
+            if dotted == "sources":
+                continue
+            value, default = _get(self, dotted), _get(defaults, dotted)
+            if dotted in RECIPE_FIELDS and value is None:
+                if dotted == "optim.warmup_steps":
+                    continue  # below: it depends on max_steps
+                _set(self, dotted, recipe[dotted])
+                self.sources[dotted] = f"recipe {self.model.preset} ({recipe['source']})"
+            elif dotted not in self.sources:
+                self.sources[dotted] = "default" if value == default else "given"
+        if self.optim.warmup_steps is None:
+            warmup, source = recipe["optim.warmup_steps"], f"recipe {self.model.preset} ({recipe['source']})"
+            if isinstance(self.max_steps, int) and self.max_steps > 0 and warmup > max(1, self.max_steps // 10):
+                warmup, source = max(1, self.max_steps // 10), source + ", capped at 10% of max_steps"
+            self.optim.warmup_steps = warmup
+            self.sources["optim.warmup_steps"] = source
+        return self
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the first invalid field; return self."""
+        """Resolve, then raise ConfigError naming the first invalid field; return self."""
+        self.resolve()
         _positive(self, "max_steps", "log_every", "keep_last", "max_nonfinite")
-        _non_negative(self, "eval_every", "eval_batches", "save_every", "seed")
+        _non_negative(self, "eval_every", "eval_rows", "save_every", "seed", "sbo_weight")
         _choice(self, "kernels", KERNEL_CHOICES)
         if not self.out:
             raise ConfigError("out is required: give --out RUN_DIR")
@@ -146,6 +177,47 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
+# Per-preset optimisation recipes: the values used when neither the config file nor the command line
+# gives them. base and large are the paper's (SPEC §5); tiny and small are ours, for CPU runs and tests
+# (tiny: the small batches and peak lr with which bench/pretrain_quality.py leaves the unigram plateau).
+# SPEC §5's base row gives batch, updates and peak lr but no warm-up: base keeps the schedule row's 10,000.
+RECIPE_FIELDS = ("optim.lr", "optim.warmup_steps", "max_steps", "data.global_batch_size")
+RECIPES: dict[str, dict] = {
+    "large": {"optim.lr": 1e-4, "optim.warmup_steps": 10_000, "max_steps": 2_400_000,
+              "data.global_batch_size": 256, "source": "SPEC §5, the paper's BERT-large run"},
+    "base": {"optim.lr": 5e-4, "optim.warmup_steps": 10_000, "max_steps": 300_000,
+             "data.global_batch_size": 2048, "source": "SPEC §5, the paper's base model"},
+    "small": {"optim.lr": 5e-4, "optim.warmup_steps": 1_000, "max_steps": 100_000,
+              "data.global_batch_size": 256, "source": "ours: not in the paper"},
+    "tiny": {"optim.lr": 1e-3, "optim.warmup_steps": 1_000, "max_steps": 20_000,
+             "data.global_batch_size": 32, "source": "ours: not in the paper"},
+}  # fmt: skip
+
+
+def _leaf_fields(obj, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _leaf_fields(value, prefix + f.name + ".")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, leaf, value)
+
+
 def _positive(obj, *names: str, prefix: str = "") -> None:
     for name in names:
         if getattr(obj, name) <= 0:
@@ -181,20 +253,24 @@ def field_docs(cls) -> dict[str, str]:
 # Building a TrainConfig from nested dicts (config files, checkpoints) with field-named errors.
 
 
-def from_dict(raw: dict, base: TrainConfig | None = None) -> TrainConfig:
-    """Apply a nested dict (as in a TOML file or config.json) on top of `base` (default: the defaults)."""
+def from_dict(raw: dict, base: TrainConfig | None = None, source: str | None = None) -> TrainConfig:
+    """Apply a nested dict (as in a TOML file or config.json) on top of `base` (default: the defaults).
+
+    `source` (e.g. "config file run.toml") is recorded in `sources` for every value the dict sets."""
     cfg = base if base is not None else TrainConfig()
-    _apply(cfg, raw, "")
+    _apply(cfg, raw, "", cfg.sources if source else None, source)
     return cfg
 
 
-def _apply(obj, raw: dict, prefix: str) -> None:
+def _apply(obj, raw: dict, prefix: str, sources: dict | None = None, source: str | None = None) -> None:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in raw.items():
         name = key.replace("-", "_")
         dotted = prefix + name
+        if dotted == "sources":  # a saved config.json's record of where values came from, not an input
+            continue
         if name not in fields:
             raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(fields))})")
         current = getattr(obj, name)
@@ -203,45 +279,54 @@ def _apply(obj, raw: dict, prefix: str) -> None:
                 # [model] holds the preset name plus any ModelConfig field to override.
                 value = dict(value)
                 if "preset" in value:
-                    current.preset = _coerce(value.pop("preset"), "", f"{dotted}.preset")
+                    current.preset = _coerce(value.pop("preset"), f"{dotted}.preset", "str")
+                    _record(sources, f"{dotted}.preset", source)
                 if "init_from" in value:  # a ModelSpec field, not a ModelConfig override (--init-from)
-                    current.init_from = _coerce(value.pop("init_from"), "", f"{dotted}.init_from")
+                    current.init_from = _coerce(value.pop("init_from"), f"{dotted}.init_from", "str")
+                    _record(sources, f"{dotted}.init_from", source)
                 current.overrides.update(value.pop("overrides", {}))
                 current.overrides.update(value)
+                if value:
+                    _record(sources, f"{dotted}.overrides", source)
                 continue
-            _apply(current, value, dotted + ".")
+            _apply(current, value, dotted + ".", sources, source)
         else:
-            setattr(obj, name, _coerce(value, current, dotted, fields[name].type))
+            setattr(obj, name, _coerce(value, dotted, str(fields[name].type)))
+            _record(sources, dotted, source)
 
 
-def _coerce(value, current, dotted: str, annotation: str = ""):
-    """Check a value against the type of the field's default (config files carry no types of their own)."""
-    if "None" in str(annotation) and value is None:
+def _record(sources: dict | None, dotted: str, source: str | None) -> None:
+    if sources is not None and source:
+        sources[dotted] = source
+
+
+def _coerce(value, dotted: str, annotation: str):
+    """Check a value against the field's annotation (config files carry no types of their own)."""
+    if "None" in annotation and value is None:
         return None
-    if isinstance(current, bool) or annotation == "bool":
+    kind = annotation.split("|")[0].strip().split("[")[0]
+    if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{dotted} must be true or false (got {value!r})")
         return value
-    if isinstance(current, int) or "int" in str(annotation) and "float" not in str(annotation):
+    if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{dotted} must be an integer (got {value!r})")
         return value
-    if isinstance(current, float):
+    if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{dotted} must be a number (got {value!r})")
         return float(value)
-    if isinstance(current, tuple):
+    if kind == "tuple":
         if not isinstance(value, list | tuple) or not all(isinstance(v, int | float) for v in value):
             raise ConfigError(f"{dotted} must be a list of numbers (got {value!r})")
         return tuple(float(v) for v in value)
-    if isinstance(current, str):
+    if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{dotted} must be a string (got {value!r})")
         return value
-    if isinstance(current, dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{dotted} must be a table (got {value!r})")
-        return value
+    if kind == "dict" and not isinstance(value, dict):
+        raise ConfigError(f"{dotted} must be a table (got {value!r})")
     return value
 
 

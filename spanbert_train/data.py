@@ -406,22 +406,3 @@ class TrainLoader:
             self._thread.join(timeout=5)
         self.verifier.join(timeout=5)
 
-
-def valid_batches(dataset: Dataset, micro_batch: int, rank: int, world: int, max_batches: int = 0) -> Iterator:
-    """Validation micro-batches of this rank, in a fixed order: global eval batch j = rows [j·W·m, (j+1)·W·m),
-    split contiguously over the W ranks; `max_batches` > 0 limits the count. Yields the model's Batch."""
-    source = RowSource(dataset.valid) if dataset.valid else None
-    if source is None or len(source) == 0:
-        return
-    step = micro_batch * world
-    n = len(source) // step
-    if n == 0:  # fewer rows than one global eval batch: split what there is
-        n, micro_batch = 1, len(source) // world
-        step = micro_batch * world
-        if micro_batch == 0:
-            return
-    if max_batches:
-        n = min(n, max_batches)
-    for j in range(n):
-        lo = j * step + rank * micro_batch
-        yield to_batch(source.gather(np.arange(lo, lo + micro_batch, dtype=np.int64)))

@@ -33,15 +33,19 @@ class LossParts:
     sbo_count: torch.Tensor
     sbo_correct: torch.Tensor
 
-    def objective(self, mlm_total: torch.Tensor | float, sbo_total: torch.Tensor | float) -> torch.Tensor:
-        """The SPEC §4 loss of this part of the batch: MLM CE sum / mlm_total + SBO CE sum / sbo_total.
+    def objective(self, mlm_total: torch.Tensor | float, sbo_total: torch.Tensor | float,
+                  sbo_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """The SPEC §4 loss of this part of the batch: MLM CE sum / mlm_total + w · SBO CE sum / sbo_total.
 
         ``mlm_total`` and ``sbo_total`` are the target counts of the whole global batch; a total of 0
-        (a batch without SBO targets) contributes 0 rather than NaN.
+        (a batch without SBO targets) contributes 0 rather than NaN. ``sbo_weight`` w is 1.0 in SpanBERT;
+        0 leaves the SBO head out of the gradient (span masking without SBO, the paper's ablation).
         """
         mlm_total = torch.as_tensor(mlm_total, dtype=torch.float32).clamp(min=1.0)
         sbo_total = torch.as_tensor(sbo_total, dtype=torch.float32).clamp(min=1.0)
-        return self.mlm_loss_sum / mlm_total + self.sbo_loss_sum / sbo_total
+        if sbo_weight == 0.0:
+            return self.mlm_loss_sum / mlm_total
+        return self.mlm_loss_sum / mlm_total + sbo_weight * (self.sbo_loss_sum / sbo_total)
 
     def detached(self) -> torch.Tensor:
         """The six parts as one detached (6,) fp32 tensor, in field order (for a single all-reduce)."""

@@ -135,6 +135,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if valid:
             ax_loss.plot([r["step"] for r in valid], [r[key] for r in valid], "o--", color=color, ms=3,
                          label=f"valid {key}")  # fmt: skip
+    entropy, sbo_weight = _unigram_entropy(run_dir)
+    if entropy is not None:  # a model that ignores the context cannot beat it, per objective
+        ax_loss.axhline(entropy, color="tab:red", ls=":", lw=1.2,
+                        label=f"unigram entropy {entropy:.2f} (per objective)")  # fmt: skip
+        if sbo_weight == 1.0:  # the loss is MLM + SBO
+            ax_loss.axhline(2 * entropy, color="tab:red", ls="--", lw=0.8, alpha=0.6,
+                            label="2 × unigram entropy (loss)")  # fmt: skip
     ax_loss.set_ylabel("cross-entropy (nats)")
     ax_loss.set_title(f"SpanBERT pre-training: {run_dir.name}")
     ax_loss.legend(fontsize=8)
@@ -148,6 +155,17 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _unigram_entropy(run_dir: Path) -> tuple[float | None, float]:
+    """The dataset's unigram entropy recorded in RUN_DIR/config.json at start (None for older runs), and the
+    run's SBO weight."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        value, weight = config.get("dataset_unigram_entropy"), config.get("sbo_weight", 1.0)
+    except (OSError, ValueError, AttributeError):
+        return None, 1.0
+    return (float(value) if isinstance(value, int | float) else None), weight
 
 
 @click.command("plot")

@@ -40,6 +40,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with the SPEC §5 hyper-parameters; the fused (single-kernel) implementation on CUDA."""
+    if cfg.lr is None:  # the preset's recipe fills it when the TrainConfig is resolved
+        raise ValueError("optim.lr is not set: resolve the TrainConfig (TrainConfig.validate) or give lr")
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

@@ -37,7 +37,8 @@ from spanbert_train.checkpoint import (
     set_rng_state,
 )
 from spanbert_train.config import ConfigError, TrainConfig
-from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry, valid_batches
+from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
+from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
@@ -131,6 +132,7 @@ class Trainer:
         self.skipped_nonfinite = 0
         self.last_saved: Path | None = None
         self.bad_data_votes = 0.0  # ranks whose data for the next step failed its checks (from train_step)
+        self._word_start = None  # the dataset's word-start table, read at the first evaluation
         self._setup()
 
     # ------------------------------------------------------------------------------------ setup
@@ -213,7 +215,8 @@ class Trainer:
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        resolved = self.cfg.to_dict() | {"resolved_model": self.model_cfg.to_dict()}
+        resolved = self.cfg.to_dict() | {"resolved_model": self.model_cfg.to_dict(),
+                                         "dataset_unigram_entropy": unigram_entropy(self.dataset.manifest)}  # fmt: skip
         (self.out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         self.say("config: " + json.dumps(resolved))
         tokens = self.cfg.data.global_batch_size * self.dataset.max_seq_len
@@ -256,7 +259,7 @@ class Trainer:
             with sync:
                 with self.autocast():
                     parts = net(batch)
-                loss = parts.objective(data.mlm_targets, data.sbo_targets)
+                loss = parts.objective(data.mlm_targets, data.sbo_targets, self.cfg.sbo_weight)
                 # DDP AVERAGES gradients over ranks; the SPEC §4 loss is their SUM, hence × world.
                 (loss * self.dist.world).backward()
             stats += parts.detached()
@@ -281,31 +284,28 @@ class Trainer:
         self.scheduler.step()
         self.stop_requested = stop_votes > 0
         return {
-            "step": self.step + 1, "epoch": data.epoch, "loss": loss_mlm + loss_sbo,
+            "step": self.step + 1, "epoch": data.epoch, "loss": loss_mlm + self.cfg.sbo_weight * loss_sbo,
             "loss_mlm": loss_mlm, "loss_sbo": loss_sbo,
             "acc_mlm": mlm_ok / max(mlm_n, 1), "acc_sbo": sbo_ok / max(sbo_n, 1),
             "lr": lr, "grad_norm": grad_norm, "tokens": data.tokens,
             "skipped_nonfinite": self.skipped_nonfinite, "finite": bool(finite),
         }  # fmt: skip
 
-    @torch.no_grad()
     def evaluate(self) -> dict | None:
-        """Mean losses and accuracies over the validation shards (eval_batches per rank; all ranks together)."""
+        """Held-out losses and accuracies (spanbert_train.evaluate): the same `eval_rows` rows for any launch."""
         if not self.dataset.valid:
             return None
-        self.model.eval()
-        stats = torch.zeros(6, device=self.device)
-        batches = valid_batches(self.dataset, self.cfg.data.micro_batch, self.dist.rank, self.dist.world,
-                                self.cfg.eval_batches)  # fmt: skip
-        for batch in batches:
-            with self.autocast():
-                stats += self.model(batch.to(self.device)).detached()
-        mlm_sum, mlm_n, mlm_ok, sbo_sum, sbo_n, sbo_ok = self.all_reduce(stats).tolist()
-        if mlm_n == 0:
+        if self._word_start is None:
+            self._word_start = word_start_table(self.dataset)
+        result = evaluate_model(
+            self.model, self.dataset, split="valid", max_rows=self.cfg.eval_rows,
+            micro_batch=self.cfg.data.micro_batch, rank=self.dist.rank, world=self.dist.world, device=self.device,
+            autocast=self.autocast if self.device.type == "cuda" else None, word_start=self._word_start,
+        )  # fmt: skip
+        if result is None or result["targets"] == 0:
             return None
-        loss_mlm, loss_sbo = mlm_sum / mlm_n, sbo_sum / max(sbo_n, 1)
-        return {"step": self.step, "split": "valid", "loss": loss_mlm + loss_sbo, "loss_mlm": loss_mlm,
-                "loss_sbo": loss_sbo, "acc_mlm": mlm_ok / mlm_n, "acc_sbo": sbo_ok / max(sbo_n, 1)}  # fmt: skip
+        loss = result["loss_mlm"] + (self.cfg.sbo_weight * result["loss_sbo"] if result["sbo_targets"] else 0.0)
+        return {"step": self.step, "split": "valid", "loss": loss, **result}
 
     def save(self) -> None:
         """Checkpoint the current step on rank 0 with every rank's RNG state; all ranks wait for it."""

@@ -398,6 +398,7 @@ def test_spec_statistics_on_real_text(real_text):
     ("change", "field"),
     [({"scheme": "ngram"}, "scheme"), ({"mask_ratio": 0.0}, "mask_ratio"), ({"geometric_p": 1.5}, "geometric_p"),
      ({"max_span_words": 0}, "max_span_words"), ({"max_sbo_offset": 300}, "max_sbo_offset"),
+     ({"max_sbo_offset": 16}, "max_sbo_offset"), ({"max_sbo_offset": 256}, "max_sbo_offset"),
      ({"mask_token_prob": 0.95}, "mask_token_prob"), ({"replacement": "zipf"}, "replacement")],
 )  # fmt: skip
 def test_config_errors_name_the_field(change, field):

@@ -23,7 +23,7 @@ from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from tests.faults.helpers import DATA_CLI, TINY_MODEL, VOCAB, assert_clean_error, metrics_rows, run
 from tests.train.dataset_fixture import make_dataset
 
-TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-batches", "1", "--log-every", "1"]
+TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-rows", "4", "--log-every", "1"]
 
 
 class Result:  # the fields of subprocess.CompletedProcess that assert_clean_error reads

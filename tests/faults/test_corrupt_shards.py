@@ -32,7 +32,7 @@ from tests.faults.helpers import TINY_MODEL, assert_clean_error, metrics_rows, r
 from tests.faults.test_bad_training_inputs import train_cli
 from tests.train.dataset_fixture import FIRST_WORD, make_dataset
 
-TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-batches", "1", "--log-every", "1",
+TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-rows", "4", "--log-every", "1",
          "--save-every", "1", "--keep-last", "3"]  # fmt: skip
 VOCAB = 300
 # The shard holding the first row of global batch 2 (the resumed run's first step; 2 shards of 8 rows, seed 1234):

@@ -36,6 +36,7 @@ from tests.faults.helpers import (  # noqa: E402
     TRAIN_CLI,
     assert_clean_error,
     dataset_bytes,
+    metrics_rows,
     run,
     spawn,
     train_losses,
@@ -145,9 +146,16 @@ def test_build_to_s3_equals_the_local_build_byte_for_byte(s3, local, remote):
 
 def test_training_from_s3_gives_the_local_losses(s3, local, remote, local_losses, tmp_path):
     out = tmp_path / "run"
-    done = run([*TRAIN_CLI, "--data", remote, "--out", out, *TRAIN], env=s3.env)
+    # with periodic evaluation on the remote validation shards (it does not change the training losses)
+    done = run([*TRAIN_CLI, "--data", remote, "--out", out, *TRAIN, "--eval-every", "16"], env=s3.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert train_losses(out) == local_losses
+    assert [r["step"] for r in metrics_rows(out) if r.get("split") == "valid"] == [16, 32]
+    evals = [run([*TRAIN_CLI, "evaluate", out, *data], env=s3.env) for data in ((), ("--data", local))]
+    assert all(e.returncode == 0 for e in evals), evals[0].stderr[-3000:] + evals[1].stderr[-3000:]
+    from_s3, from_disk = (json.loads(e.stdout) for e in evals)
+    assert from_s3["data"] == remote and from_s3["rows"] > 0
+    assert {k: v for k, v in from_s3.items() if k != "data"} == {k: v for k, v in from_disk.items() if k != "data"}
     cache = Path(s3.env["SPANBERT_CACHE"])
     assert not list((cache / "holds").iterdir()) and not list((cache / "tmp").iterdir())  # all let go of
     exported = run([*TRAIN_CLI, "export", out, "--out", tmp_path / "hf"], env=s3.env)  # the run's --data is a URL

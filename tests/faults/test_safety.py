@@ -23,7 +23,7 @@ from tests.faults.helpers import REPO, TINY_MODEL, VOCAB
 from tests.faults.test_bad_training_inputs import assert_not_started, train_cli
 from tests.train.dataset_fixture import make_dataset
 
-TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-batches", "1"]
+TRAIN = [*TINY_MODEL, "--global-batch-size", "4", "--micro-batch", "4", "--eval-rows", "4"]
 
 
 class Payload:

@@ -104,6 +104,6 @@ def test_loading_into_another_model_shape_is_a_clear_error(tmp_path):
     torch.manual_seed(0)
     bigger = SpanBertForPreTraining(ModelConfig.from_preset("tiny", num_layers=1, hidden_size=48, num_heads=2,
                                                             intermediate_size=64, vocab_size=120))  # fmt: skip
-    opt2 = build_optimizer(bigger, OptimConfig(), torch.device("cpu"))
+    opt2 = build_optimizer(bigger, OptimConfig(lr=1e-3), torch.device("cpu"))
     with pytest.raises(CheckpointError, match="does not match this checkpoint"):
         load_checkpoint(path, read_meta(path), bigger, opt2, build_scheduler(opt2, 1, 10))

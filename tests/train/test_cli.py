@@ -94,7 +94,7 @@ def test_config_file_then_options_and_unknown_keys(capsys, tmp_path):
 
 
 def test_existing_run_needs_resume(capsys, data, tmp_path):
-    args = ["--data", data, "--out", tmp_path / "run", *TINY, "--max-steps", "2", "--eval-batches", "1"]
+    args = ["--data", data, "--out", tmp_path / "run", *TINY, "--max-steps", "2", "--eval-rows", "4"]
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     code, _, err = run_cli(capsys, *args)

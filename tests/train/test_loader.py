@@ -10,7 +10,7 @@ import pytest
 
 from spanbert_data.shards import DatasetError
 from spanbert_train.config import ConfigError
-from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order, valid_batches
+from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order
 from tests.train.dataset_fixture import make_dataset, rewrite_manifest
 
 
@@ -100,17 +100,6 @@ def test_stream_crosses_epochs_and_resumes_at_a_position(dataset_dir):
     for (e, i, ids), s in zip(seen[5:8], again, strict=True):
         assert (e, i) == (s.epoch, s.index)
         np.testing.assert_array_equal(ids, s.micro_batches[0].input_ids.numpy())
-
-
-def test_validation_batches_split_rows_over_ranks(dataset_dir):
-    ds = Dataset(dataset_dir)
-    alone = [b.input_ids.numpy() for b in valid_batches(ds, 3, 0, 1)]
-    assert len(alone) == 4
-    pair = [list(valid_batches(ds, 3, r, 2)) for r in range(2)]
-    assert len(pair[0]) == len(pair[1]) == 2
-    together = np.concatenate([b.input_ids.numpy() for j in range(2) for r in range(2) for b in [pair[r][j]]])
-    np.testing.assert_array_equal(together, np.concatenate(alone))
-    assert len(list(valid_batches(ds, 3, 0, 1, max_batches=2))) == 2
 
 
 def test_bad_batch_geometry_is_a_config_error(dataset_dir):
@@ -215,7 +204,7 @@ def test_validation_rows_are_checked_by_every_reader(tmp_path):
     _bad_label(root, "valid/part-00000.arrow", 4)
     ds = Dataset(root)
     with pytest.raises(DatasetError, match=r"valid/part-00000\.arrow: row 4: mlm_labels\[0\] holds id 65000"):
-        list(valid_batches(ds, 3, 0, 1))  # evaluation's reader
+        RowSource(ds.valid).gather(np.arange(6))  # evaluation's reader (spanbert_train/evaluate.py)
     loader = TrainLoader(ds, 4, 4, 0, 1, seed=0)
     with pytest.raises(DatasetError, match=r"valid/part-00000\.arrow: row 4"):
         next(iter(loader))  # the loader checks every validation row before its first training step

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,10 +145,15 @@ def test_loss_falls_on_the_example_corpus(tmp_path):
     build_dataset(BuildConfig(corpus=REPO / "examples" / "wiki", out=data, max_seq_len=128, valid_fraction=0.05,
                               tokenizer=REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"),
                   log=lambda msg: None)  # fmt: skip
-    cfg = config(data, tmp_path / "run", max_steps=30, gbs=8, micro=8, eval_batches=2,
+    cfg = config(data, tmp_path / "run", max_steps=30, gbs=8, micro=8, eval_rows=16,
                  overrides={**SMALL, "max_position_embeddings": 128})
     cfg.optim.lr = 5e-3
     rows = train_rows(train(cfg))
     losses = [r["loss"] for r in rows]
     assert losses[0] > 18.0  # 2 × ln(30522) ≈ 20.6 at initialisation (MLM + SBO, SPEC §4)
     assert sum(losses[-5:]) / 5 < losses[0] - 3.0, losses
+    # The run records its dataset's unigram entropy (the plot's reference line): H of the manifest's counts.
+    counts = np.asarray(json.loads((data / "manifest.json").read_text())["unigram_counts"], dtype=np.float64)
+    p = counts[counts > 0] / counts.sum()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["dataset_unigram_entropy"]
+    assert recorded == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12) and 5.0 < recorded < 9.0

@@ -1,0 +1,328 @@
+"""Held-out evaluation that does not depend on how it is launched (`spanbert-train evaluate`, and the
+periodic evaluation of a training run).
+
+Which rows: the whole split, or with ``max_rows = N`` the first N rows of a permutation of all the
+split's rows seeded by a fixed constant (:func:`eval_rows`). Every row is equally likely to be in it,
+whatever the packing order (rows are written longest examples first, docs/FORMAT.md), and it is the
+same subset for every run, rank count and micro-batch size, so numbers of different runs compare.
+
+How: the rows are cut into W contiguous parts, one per rank, and each rank into micro-batches; every
+target's cross-entropy is computed in the model's precision, then summed in float64 together with the
+counts, the sums are all-reduced, and the means are taken once at the end. In fp32 the result is the
+same for any rank count and micro-batch size up to the last bits of the matrix products (≈ 1e-7
+relative); under bf16 autocast (the default on CUDA during training) to about 1e-3.
+
+MLM accuracy is also reported by the length of the *merged span* a target belongs to, in words
+(1, 2, …, 9, ≥ 10): a merged span is a maximal run of adjacent MLM targets (SPEC §2), and its words are
+the word-piece word starts among its original tokens, plus one when it begins inside a word (read from
+the dataset's tokenizer.json: a token starts a word unless it carries the continuation prefix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from spanbert_data.shards import is_url
+from spanbert_train.config import ConfigError
+from spanbert_train.data import Dataset, RowSource, to_batch
+
+EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
+SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words
+SPLITS = ("valid", "train")
+_TARGET_CHUNK = 4096  # targets whose logits are materialised at once (bounds memory: chunk × vocab floats)
+
+
+def eval_rows(n_rows: int, max_rows: int = 0) -> np.ndarray:
+    """The rows to evaluate, ascending: all of them, or the first `max_rows` of a fixed-seed permutation.
+
+    The subset depends only on (n_rows, max_rows): never on the run, the ranks or the batch size.
+    """
+    if max_rows < 0:
+        raise ConfigError(f"max_rows must be >= 0 (got {max_rows})")
+    if max_rows == 0 or max_rows >= n_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    chosen = np.random.default_rng([EVAL_SEED, n_rows]).permutation(n_rows)[:max_rows]
+    return np.sort(chosen).astype(np.int64)  # ascending: shard-local reads; sums do not depend on order
+
+
+def bucket_label(i: int) -> str:
+    return str(i + 1) if i + 1 < SPAN_WORD_BUCKETS else f">={SPAN_WORD_BUCKETS}"
+
+
+def word_start_table(dataset: Dataset) -> np.ndarray:
+    """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
+    from tokenizers import Tokenizer
+
+    name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
+    path = dataset.root / name
+    try:
+        if isinstance(dataset.root, Path):
+            tok = Tokenizer.from_file(str(path))
+        else:  # a dataset in object storage (spanbert_data.remote.Remote)
+            text = dataset.root.read_bytes(name)
+            if text is None:
+                raise ValueError("not found")
+            tok = Tokenizer.from_str(text.decode("utf-8"))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise ConfigError(f"{path}: cannot read the dataset's tokenizer ({e}); run `spanbert-data verify`") from None
+    prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
+    table = np.ones(dataset.vocab_size, dtype=bool)
+    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t.startswith(prefix) and i < len(table)]
+    table[ids] = False
+    return table
+
+
+def unigram_entropy(manifest: dict) -> float | None:
+    """Entropy (nats) of the dataset's token distribution: the loss of a model that ignores the context."""
+    counts = np.asarray(manifest.get("unigram_counts") or [], dtype=np.float64)
+    if counts.sum() <= 0:
+        return None
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, word_start: np.ndarray) -> np.ndarray:
+    """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row)."""
+    pos = positions.astype(np.int64)
+    if pos.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    new_run = np.ones(pos.size, dtype=bool)
+    new_run[1:] = (pos[1:] != pos[:-1] + 1) | (row[1:] != row[:-1])
+    run = np.cumsum(new_run) - 1
+    starts = word_start[labels.astype(np.int64)]
+    words = np.bincount(run, weights=starts).astype(np.int64) + ~starts[new_run]  # + 1 when it begins mid-word
+    return words[run]
+
+
+@dataclass
+class Sums:
+    """float64 sums of one evaluation; `vector()` / `from_vector()` carry them through one all-reduce."""
+
+    values: np.ndarray  # [rows, mlm_loss, mlm_n, mlm_ok, sbo_loss, sbo_n, sbo_ok, n_by_words..., ok_by_words...]
+
+    @classmethod
+    def zeros(cls) -> Sums:
+        return cls(np.zeros(7 + 2 * SPAN_WORD_BUCKETS, dtype=np.float64))
+
+    def result(self) -> dict:
+        v = self.values
+        rows, mlm_loss, mlm_n, mlm_ok, sbo_loss, sbo_n, sbo_ok = v[:7]
+        n_words, ok_words = v[7 : 7 + SPAN_WORD_BUCKETS], v[7 + SPAN_WORD_BUCKETS :]
+        out = {
+            "loss_mlm": mlm_loss / mlm_n if mlm_n else float("nan"),
+            "loss_sbo": sbo_loss / sbo_n if sbo_n else float("nan"),
+            "acc_mlm": mlm_ok / mlm_n if mlm_n else float("nan"),
+            "acc_sbo": sbo_ok / sbo_n if sbo_n else float("nan"),
+            "rows": int(rows), "targets": int(mlm_n), "sbo_targets": int(sbo_n),
+            "acc_mlm_by_span_words": {bucket_label(i): (ok_words[i] / n_words[i] if n_words[i] else None)
+                                      for i in range(SPAN_WORD_BUCKETS)},
+            "targets_by_span_words": {bucket_label(i): int(n_words[i]) for i in range(SPAN_WORD_BUCKETS)},
+        }  # fmt: skip
+        return out
+
+
+def _target_stats(logits_fn, n: int, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target cross-entropy (fp32) and correctness, computing logits `_TARGET_CHUNK` targets at a time."""
+    losses, correct = [], []
+    for lo in range(0, n, _TARGET_CHUNK):
+        logits = logits_fn(slice(lo, min(lo + _TARGET_CHUNK, n))).float()
+        lab = labels[lo : lo + _TARGET_CHUNK]
+        losses.append(F.cross_entropy(logits, lab, reduction="none"))
+        correct.append(logits.argmax(dim=-1) == lab)
+    if not losses:
+        empty = torch.zeros(0, device=labels.device)
+        return empty, empty.bool()
+    return torch.cat(losses), torch.cat(correct)
+
+
+def _batch_stats(model, batch):
+    """Per-target CE and correctness of both objectives for one micro-batch (one encoder pass)."""
+    hidden = model.encode(batch).flatten(0, 1)  # (B*T, H)
+    embedding = model.bert.embeddings.word_embeddings.weight
+    mlm_loss, mlm_ok = _target_stats(lambda s: model.cls.predictions.logits(hidden, batch.mlm_index[s]),
+                                     batch.mlm_index.numel(), batch.mlm_labels)  # fmt: skip
+    sbo_loss, sbo_ok = _target_stats(
+        lambda s: model.cls.sbo.logits(hidden, batch.sbo_left[s], batch.sbo_right[s], batch.sbo_offsets[s], embedding),
+        batch.sbo_index.numel(),
+        batch.sbo_labels,
+    )
+    return mlm_loss, mlm_ok, sbo_loss, sbo_ok
+
+
+@torch.no_grad()
+def evaluate_model(model, dataset: Dataset, *, split: str = "valid", max_rows: int = 0, micro_batch: int = 8,
+                   rank: int = 0, world: int = 1, device: torch.device | None = None,
+                   autocast=None, word_start: np.ndarray | None = None) -> dict | None:  # fmt: skip
+    """Evaluate `model` (a SpanBertForPreTraining, not DDP-wrapped) on `split`; every rank must call it.
+
+    Returns the result dict (`loss_mlm, loss_sbo, acc_mlm, acc_sbo, rows, targets, acc_mlm_by_span_words`,
+    ...) on every rank, or None when the split has no rows. `autocast` is a context-manager factory
+    (None: plain fp32).
+    """
+    sums = evaluation_sums(model, dataset, split=split, max_rows=max_rows, micro_batch=micro_batch, rank=rank,
+                           world=world, device=device, autocast=autocast, word_start=word_start)  # fmt: skip
+    if sums is None:
+        return None
+    if world > 1:
+        t = torch.from_numpy(sums.values).to(device or next(model.parameters()).device)
+        dist.all_reduce(t)  # float64 sums: the reduction order changes nothing visible
+        sums = Sums(t.cpu().numpy())
+    return sums.result()
+
+
+@torch.no_grad()
+def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: int = 0, micro_batch: int = 8,
+                    rank: int = 0, world: int = 1, device: torch.device | None = None,
+                    autocast=None, word_start: np.ndarray | None = None) -> Sums | None:  # fmt: skip
+    """This rank's float64 sums (its contiguous part of the evaluated rows); no collective."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+    if micro_batch <= 0:
+        raise ConfigError(f"micro_batch must be > 0 (got {micro_batch})")
+    shards = dataset.valid if split == "valid" else dataset.epochs[0]
+    source = RowSource(shards) if shards else None
+    if source is None or len(source) == 0:
+        return None
+    device = device or next(model.parameters()).device
+    word_start = word_start if word_start is not None else word_start_table(dataset)
+    rows = eval_rows(len(source), max_rows)
+    mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
+    was_training = model.training
+    model.eval()
+    sums = Sums.zeros()
+    try:
+        for lo in range(0, len(mine), micro_batch):
+            cols = source.gather(mine[lo : lo + micro_batch])
+            words = span_words(*cols["mlm_positions"], cols["mlm_labels"][1], word_start)
+            batch = to_batch(cols).to(device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                mlm_loss, mlm_ok, sbo_loss, sbo_ok = _batch_stats(model, batch)
+            ok = mlm_ok.cpu().numpy()
+            bucket = np.minimum(words, SPAN_WORD_BUCKETS) - 1
+            v = sums.values
+            v[:7] += [len(cols["input_ids"]), mlm_loss.double().sum().item(), ok.size, ok.sum(),
+                      sbo_loss.double().sum().item(), sbo_ok.numel(), sbo_ok.sum().item()]  # fmt: skip
+            v[7 : 7 + SPAN_WORD_BUCKETS] += np.bincount(bucket, minlength=SPAN_WORD_BUCKETS)
+            v[7 + SPAN_WORD_BUCKETS :] += np.bincount(bucket, weights=ok, minlength=SPAN_WORD_BUCKETS)
+    finally:
+        model.train(was_training)
+    return sums
+
+
+# ------------------------------------------------------------------------------------------- the command
+def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, split: str = "valid",
+                        max_rows: int = 0, micro_batch: int = 8, precision: str = "fp32") -> dict:  # fmt: skip
+    """`spanbert-train evaluate`: load a checkpoint (or a run's latest good one) and evaluate it on `data`.
+
+    Runs on one process or under torchrun (each rank takes its part; rank 0 gets the same dict as all).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    from spanbert_train.export import ExportError, _checkpoint_model_config, resolve_checkpoint
+    from spanbert_train.model import SpanBertForPreTraining
+    from spanbert_train.train import setup_distributed
+
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16 (got {precision!r})")
+    try:
+        ckpt, meta = resolve_checkpoint(source)
+    except ExportError as e:
+        raise ConfigError(str(e)) from None
+    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
+    if is_url(where):  # object storage: the shards go through the default local cache (spanbert_train.remote_data)
+        from spanbert_train.remote_data import Storage
+
+        data_dir = where
+        dataset = Dataset(where, storage=Storage())
+    else:
+        data_dir = Path(where)
+        if not (data_dir / "manifest.json").is_file():
+            raise ConfigError(f"{data_dir}: no dataset there (no manifest.json); pass --data DATASET_DIR")
+        dataset = Dataset(data_dir)
+    trained_with = meta.get("tokenizer_sha256")
+    if trained_with and trained_with != dataset.manifest["tokenizer"].get("sha256"):
+        raise ConfigError(f"{data_dir}: built with another tokenizer than the run's; evaluate on data of the same one")
+    d = setup_distributed()
+    try:
+        model = SpanBertForPreTraining(_checkpoint_model_config(meta, dataset.vocab_size), kernels="reference")
+    except ExportError as e:
+        raise ConfigError(f"{ckpt}: {e}") from None
+    try:
+        load_model(model, str(ckpt / "model.safetensors"), strict=True)
+    except (SafetensorError, RuntimeError) as e:
+        raise ConfigError(f"{ckpt / 'model.safetensors'}: cannot be loaded into the checkpoint's model ({e})") from None
+    model.to(d.device)
+    autocast = None
+    if precision == "bf16":
+        autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)  # noqa: E731
+    try:
+        result = evaluate_model(model, dataset, split=split, max_rows=max_rows, micro_batch=micro_batch,
+                                rank=d.rank, world=d.world, device=d.device, autocast=autocast)  # fmt: skip
+    finally:
+        dataset.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result is None:
+        raise ConfigError(f"{data_dir}: the {split} split has no rows (build with --valid-fraction > 0)")
+    return {"checkpoint": str(ckpt), "step": meta.get("step"), "data": str(data_dir), "split": split,
+            "max_rows": max_rows, "precision": precision, "world_size": d.world, **result}  # fmt: skip
+
+
+@click.command("evaluate")
+@click.argument("source", metavar="RUN_OR_CHECKPOINT", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The dataset to evaluate on [the run's own training dataset].",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="valid",
+    show_default=True,
+    help="valid: the held-out documents; train: the rows of mask epoch 0.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Evaluate a fixed, uniformly drawn subset of this many rows (0 = the whole split).",
+)
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Rows per forward pass (does not change the result).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32 gives the same numbers for any rank count and micro-batch; bf16 autocast is faster on GPUs.",
+)
+def evaluate_command(source, data, split, max_rows, micro_batch, precision) -> None:
+    """Evaluate RUN_OR_CHECKPOINT (a run's latest good checkpoint, or one checkpoint) on held-out rows.
+
+    Prints one JSON object: loss_mlm, loss_sbo (nats), acc_mlm, acc_sbo, rows, targets, and
+    acc_mlm_by_span_words (MLM accuracy by the merged span's length in words). Runs under torchrun too.
+    """
+    import os
+
+    result = evaluate_checkpoint(source, data, split, max_rows, micro_batch, precision)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(result))
