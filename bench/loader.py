@@ -14,6 +14,9 @@ Same run, the cost of the corrupt-data guards (issue 16):
     python bench/loader.py [--data DATASET] [--global-batch 256] [--world 1] [--steps 20]
                            [--tile-shards 8] [--tile-rows 16384] [--stream-steps 100]
 
+Same run, a dataset in object storage (issue 15): the stream from a local S3 server (moto, 127.0.0.1) through the
+shard cache, cold (empty) and warm, against the same files read locally.
+
 Without --data it builds a 512-slot dataset from examples/wiki with the test WordPiece vocabulary.
 Writes bench/results/loader.json.
 """
@@ -110,9 +113,9 @@ def tile_dataset(src: Path, dst: Path, shards: int, rows: int, epochs: int) -> P
     return dst
 
 
-def stream(data: Path, verify: str, gbs: int, micro: int, world: int, steps: int) -> dict:
+def stream(data, verify: str, gbs: int, micro: int, world: int, steps: int, storage=None) -> dict:
     """The loader as the trainer uses it (batch builder + verifier threads), consumed as fast as it comes."""
-    ds = Dataset(data, verify=verify)
+    ds = Dataset(data, verify=verify, storage=storage)
     training = [s for shards in ds.epochs for s in shards]
 
     def hashed_mb() -> float:
@@ -129,8 +132,53 @@ def stream(data: Path, verify: str, gbs: int, micro: int, world: int, steps: int
     elapsed = time.perf_counter() - t1
     during = hashed_mb() - before
     loader.close()
+    downloaded = ds.cache.downloaded if ds.cache is not None else 0
+    ds.close()
     return {"tokens_per_s": tokens / elapsed, "first_step_s": first, "hashed_mb_before_first_step": before,
-            "hashed_mb_during_steps": during, "seconds": elapsed}  # fmt: skip
+            "hashed_mb_during_steps": during, "seconds": elapsed, "objects_downloaded": downloaded,
+            "tokens_per_s_with_first_step": tokens / (elapsed + first)}  # fmt: skip
+
+
+def remote_streams(tiled: Path, tmp: Path, args) -> dict:
+    """The same stream from a local S3 server (moto's ThreadedMotoServer on 127.0.0.1, objects in this process):
+    a cold cache (empty: the first step waits for the shards it touches, the rest of the epochs download behind
+    the training) and a warm one (every object already verified in the cache), against the local files."""
+    import logging
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from spanbert_train.remote_data import Storage
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
+    try:
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("bench")
+        t0 = time.perf_counter()
+        for path in sorted(tiled.rglob("*")):
+            if path.is_file():
+                fs.put_file(str(path), f"bench/tiled/{path.relative_to(tiled).as_posix()}")
+        upload_s = time.perf_counter() - t0
+        runs = {mode: [] for mode in ("local", "s3 cold cache", "s3 warm cache")}
+        for i in range(args.stream_runs):
+            cache = tmp / f"cache-{i}"
+            for mode in runs:
+                data = tiled if mode == "local" else "s3://bench/tiled"
+                storage = None if mode == "local" else Storage(cache_dir=cache)
+                runs[mode].append(stream(data, "sha256", args.global_batch, args.micro_batch, args.world,
+                                         args.stream_steps, storage))  # fmt: skip
+            shutil.rmtree(cache)
+    finally:
+        server.stop()
+    return {"runs": runs, "upload_s": upload_s}
 
 
 def main() -> None:
@@ -144,6 +192,8 @@ def main() -> None:
     ap.add_argument("--tile-rows", type=int, default=16384, help="rows per shard of the hashing dataset")
     ap.add_argument("--stream-steps", type=int, default=100, help="steps timed per stream run")
     ap.add_argument("--stream-runs", type=int, default=3, help="stream runs per mode, alternating")
+    ap.add_argument("--no-remote", dest="remote", action="store_false",
+                    help="skip the s3:// rows (they need s3fs and moto[server], both in the test extra)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -186,6 +236,7 @@ def main() -> None:
                                          args.stream_steps))  # fmt: skip
         tiled_mb = sum(p.stat().st_size for p in tiled.rglob("*.arrow")) / 1e6
         tiled_tokens = sum(int(s.row_tokens.sum()) for shards in Dataset(tiled, "size").epochs for s in shards)
+        remote = remote_streams(tiled, Path(tmp), args) if args.remote else None
 
     assert tokens > 0 and peer_tokens > 0
     rate, bare_rate = tokens / statistics.median(ours), tokens / statistics.median(bare)
@@ -219,6 +270,18 @@ def main() -> None:
           f"{1e3 / hash_rate:.2f} s per GB of shards a rank reads, spent by the verifier thread ahead of need")
     print(f"hashing a token's {bytes_per_token:.1f} shard bytes takes {100 * hash_share:.1f}% of the CPU time of "
           f"building its batch (size mode), on the verifier's own thread")
+    if remote is not None:
+        med = {mode: sorted(r, key=lambda x: x["tokens_per_s"])[len(r) // 2] for mode, r in remote["runs"].items()}
+        print(f"\nremote (s3:// from moto on 127.0.0.1; upload of the {tiled_mb:,.0f} MB took "
+              f"{remote['upload_s']:.1f} s), the same stream, --verify-shards sha256; median of "
+              f"{args.stream_runs} runs")
+        print(f"{'source':16s} {'tokens/s/rank':>14s} {'first step (s)':>15s} {'tokens/s incl. first step':>26s} "
+              f"{'objects downloaded':>19s}")
+        for mode, r in med.items():
+            print(f"{mode:16s} {r['tokens_per_s']:14,.0f} {r['first_step_s']:15.2f} "
+                  f"{r['tokens_per_s_with_first_step']:26,.0f} {r['objects_downloaded']:19d}")
+        for mode in ("s3 cold cache", "s3 warm cache"):
+            print(f"{mode} / local tokens/s: {med[mode]['tokens_per_s'] / med['local']['tokens_per_s']:.3f}")
     result = {
         "machine": machine_info(), "device": "cpu (1 thread)", "numpy": np.__version__, "global_batch": gbs,
         "world": args.world, "micro_batch": args.micro_batch, "row_len": ds.max_seq_len, "steps": args.steps,
@@ -230,6 +293,7 @@ def main() -> None:
                    "global_batch": args.global_batch, "steps": args.stream_steps, "runs": runs,
                    "sha256_over_size_tokens_per_s": ratio, "sha256_mb_per_s_one_thread": hash_rate,
                    "shard_bytes_per_token": bytes_per_token, "hash_cpu_share_of_loader": hash_share},
+        "remote": remote,
         "load_average_1min": os.getloadavg()[0],
     }  # fmt: skip
     print(f"wrote {write_result('loader', result)}")

@@ -34,6 +34,7 @@ from spanbert_data.shards import (
     MANIFEST,
     atomic_write_bytes,
     atomic_write_json,
+    is_url,
     sha256_file,
 )
 from spanbert_data.store import build_unit, unit_is_complete
@@ -55,35 +56,55 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> dict:
-    """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input."""
+def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr, storage_options: dict | None = None) -> dict:
+    """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input.
+
+    `cfg.out` may be an fsspec URL (s3://, gs://, ...): the build then runs in a local staging directory and is
+    uploaded as it goes (spanbert_data/remote_build.py); `storage_options` reach the fsspec filesystem."""
     cfg.validate()
     started = time.perf_counter()
-    out, root = Path(cfg.out), Path(cfg.corpus)
-    previous = _claim_out_dir(out)
-    listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
-    files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
-    sources = plan_sources(files, root, cfg.unit_bytes)
-    plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
-    if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
-                                                                                       plan["sources"]):
-        raise BuildError(
-            f"{out / BUILD_FILE}: this directory holds a build with other options or another corpus; "
-            "use a new --out (or delete the directory to start over)"
-        )
-    manifest_path = out / MANIFEST
-    if previous is not None and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        log(f"{out}: build already complete ({manifest['blocks']} blocks); nothing to do")
-        return manifest
-    with make_executor(cfg.workers, cfg.scheduler, log) as executor:
-        manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log)
+    mirror = None
+    if is_url(cfg.out):
+        from spanbert_data.remote_build import Mirror
+
+        mirror = Mirror.open(cfg.out, cfg.work_dir, cfg.scheduler, storage_options, log)
+    try:
+        out, root = (mirror.work if mirror else Path(cfg.out)), Path(cfg.corpus)
+        where = mirror.remote if mirror else out  # what messages name
+        previous = _claim_out_dir(out)
+        listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
+        files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
+        sources = plan_sources(files, root, cfg.unit_bytes)
+        plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
+        if mirror is not None:  # the bucket is the truth; the staging directory follows it
+            previous = mirror.reconcile(previous, plan, _claim_out_dir)
+        if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
+                                                                                           plan["sources"]):
+            raise BuildError(
+                f"{where / BUILD_FILE}: this directory holds a build with other options or another corpus; "
+                "use a new --out (or delete the directory to start over)"
+            )
+        manifest = None
+        if previous is not None:
+            manifest = mirror.finished() if mirror else _read_json(out / MANIFEST)
+        if manifest is not None:
+            log(f"{where}: build already complete ({manifest['blocks']} blocks); nothing to do")
+            if mirror is not None:
+                mirror.finish()
+            return manifest
+        with make_executor(cfg.workers, cfg.scheduler, log) as executor:
+            manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log, mirror)
+        if mirror is not None:
+            mirror.finish()
+    finally:
+        if mirror is not None:
+            mirror.close()
     _summary(manifest, time.perf_counter() - started, log)
     return manifest
 
 
 def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
-           previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
+           previous: dict | None, listing: CorpusStats, executor: Executor, log, mirror=None) -> dict:  # fmt: skip
     tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
@@ -93,9 +114,12 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     # moment leaves a directory that the re-run recognises as its own (docs/RELIABILITY.md).
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
+    if mirror is not None:  # the same order in the bucket: build.json claims the prefix before anything else
+        mirror.put(BUILD_FILE)
+        mirror.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, out, root, sources, executor, log)
+    markers = _pass1(cfg, out, root, sources, executor, log, mirror)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
@@ -116,7 +140,7 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
         special_ids=tokenizer.special_ids, id_dtype=tokenizer.id_dtype, masking=cfg.masking,
         seed=cfg.seed, max_seq_len=cfg.max_seq_len,
     )  # fmt: skip
-    shards = _pass2(cfg, ctx, executor, log)
+    shards = _pass2(cfg, ctx, executor, log, mirror)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -146,6 +170,9 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     # behind: a complete dataset holds only its own files.
     _remove_stale_temps(out)
     atomic_write_json(out / MANIFEST, manifest)
+    if mirror is not None:  # strictly last: its presence in the bucket means "complete"
+        mirror.drain()
+        mirror.put(MANIFEST)
     return manifest
 
 
@@ -316,7 +343,8 @@ def _run_tasks(executor: Executor, fn, tasks: Iterator[tuple[str, tuple]], on_do
         raise BuildError(str(e)) from None
 
 
-def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log) -> list[dict]:
+def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log,
+           mirror=None) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
     base = root if root.is_dir() else root.parent
     markers: dict[str, dict] = {}
@@ -336,7 +364,11 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
             for unit, piece in units:
                 order.append(unit.key)
                 marker = _read_json(out / unit.marker)
-                if unit_is_complete(out, unit, marker):
+                if mirror is not None:  # the bucket decides (store parts it has are fetched for pass 2)
+                    marker = mirror.resume_unit(unit, marker, lambda m, u=unit: unit_is_complete(out, u, m))
+                elif not unit_is_complete(out, unit, marker):
+                    marker = None
+                if marker is not None:
                     markers[unit.key] = marker
                     resumed += 1
                     progress.update(unit.bytes)
@@ -348,6 +380,8 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
     def done(key, args, marker) -> None:
         unit = args[2]
         markers[unit.key] = marker
+        if mirror is not None:
+            mirror.publish([p["path"] for p in marker["parts"]], unit.marker)
         for w in marker["warnings"]:
             log(f"warning: {w}")
         if unit.kind == "stream":
@@ -378,7 +412,7 @@ def _count_split_files(sources: list[Source], markers: list[dict], corpus: Corpu
             corpus.skip("no_text")
 
 
-def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log) -> list[dict]:
+def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=None) -> list[dict]:
     plans = plan_shards(len(ctx.split_blocks["train"]), len(ctx.split_blocks["valid"]), cfg.mask_epochs,
                         cfg.rows_per_shard)  # fmt: skip
     results: dict[str, dict] = {}
@@ -386,7 +420,11 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log) -> list[d
     for plan in plans:
         marker = _read_json(ctx.out / plan.marker)
         path = ctx.out / plan.path
-        if marker and path.is_file() and path.stat().st_size == marker.get("bytes"):
+        if mirror is not None:
+            marker = mirror.resume_shard(plan)  # in the bucket, or finished here and now uploaded
+        elif not (marker and path.is_file() and path.stat().st_size == marker.get("bytes")):
+            marker = None
+        if marker is not None:
             results[plan.path] = marker
         else:
             todo.append(plan)
@@ -396,6 +434,8 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log) -> list[d
 
     def done(key, args, marker):
         results[args[1].path] = marker
+        if mirror is not None:  # uploaded, then deleted here: the staging directory keeps only the token store
+            mirror.publish([args[1].path], args[1].marker, drop=True)
         progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
 
     _run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def user_errors(fn):
     return wrapper
 
 
+def _storage_options(ctx, param, value):
+    from spanbert_data.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+STORAGE_OPTIONS = click.option(
+    "--storage-options", metavar="JSON", callback=_storage_options,
+    help="With a URL: options for its fsspec filesystem, e.g. '{\"endpoint_url\": \"http://minio:9000\"}' "
+         "(credentials otherwise come from the usual AWS/GCP variables and files).",
+)  # fmt: skip
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="spanbert")
 def main():
@@ -44,7 +61,8 @@ def main():
 @main.command()
 @click.option("--corpus", type=click.Path(path_type=Path), required=True,
               help="Corpus file or directory: plain text, WikiExtractor, JSONL or MediaWiki XML; .gz/.bz2/.xz/.zst.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory to write or resume.")
+@click.option("--out", required=True,
+              help="Dataset directory to write or resume, or a URL: s3://BUCKET/PREFIX, gs://…, any fsspec URL.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus).")
 @click.option("--vocab-size", default=28996, show_default=True, help="Vocabulary size when training one.")
@@ -70,10 +88,13 @@ def main():
 @click.option("--max-span-words", default=10, show_default=True, help="Longest span, in words.")
 @click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
               help="Distribution of the 10% random replacements.")
+@click.option("--work-dir", type=click.Path(path_type=Path),
+              help="With a URL --out: the local staging directory (default: under ~/.cache/spanbert, by URL).")
+@STORAGE_OPTIONS
 @user_errors
 def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
           mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
-          replacement):  # fmt: skip
+          replacement, work_dir, storage_options):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     from spanbert_data.build import build_dataset
     from spanbert_data.config import BuildConfig
@@ -81,7 +102,10 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size,
+    from spanbert_data.shards import is_url
+
+    out = out if is_url(out) else Path(out)
+    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
                       vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers, scheduler=scheduler,
                       encoder=encoder,
                       max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
@@ -91,7 +115,7 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
         cfg.validate()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    build_dataset(cfg)
+    build_dataset(cfg, storage_options=storage_options)
     click.echo(f"dataset ready: {out}")
 
 
@@ -122,12 +146,16 @@ def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler)
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset")
+@STORAGE_OPTIONS
 @user_errors
-def verify(dataset):
-    """Re-hash every file of a dataset against its manifest; exit 1 naming each bad one."""
-    from spanbert_data.shards import load_manifest, manifest_files, verify_dataset
+def verify(dataset, storage_options):
+    """Re-hash every file of a dataset (a directory or a URL) against its manifest; exit 1 naming each bad one.
 
+    Objects in a bucket are streamed through the hash, nothing is written to disk."""
+    from spanbert_data.shards import load_manifest, location, manifest_files, verify_dataset
+
+    dataset = location(dataset, storage_options)
     problems = verify_dataset(dataset)
     for p in problems:
         click.echo(f"bad: {p}", err=True)
@@ -138,15 +166,22 @@ def verify(dataset):
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable statistics.")
 @click.option("--examples", default=3, show_default=True, help="Decoded examples to show (text mode).")
 @click.option("--split", type=click.Choice(["train", "valid"]), default="train", show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="With a URL: where the shards read are cached (default: $SPANBERT_CACHE or ~/.cache/spanbert).")
+@STORAGE_OPTIONS
 @user_errors
-def inspect(dataset, as_json, examples, split):
-    """Counts, length and span histograms, and decoded examples with the masked spans marked."""
+def inspect(dataset, as_json, examples, split, cache_dir, storage_options):
+    """Counts, length and span histograms, and decoded examples with the masked spans marked (a directory or a URL)."""
     from spanbert_data.inspect import dataset_stats, show_examples
+    from spanbert_data.shards import location
 
+    dataset = location(dataset, storage_options)
+    if cache_dir is not None:
+        os.environ["SPANBERT_CACHE"] = str(cache_dir)
     stats = dataset_stats(dataset, split=split)
     if as_json:
         click.echo(json.dumps(stats, indent=1))

@@ -15,8 +15,9 @@ MiB = 1 << 20
 class BuildConfig:
     corpus: Path
     """A corpus file or a directory walked recursively in sorted order."""
-    out: Path
-    """The dataset directory to write (created; resumed when it holds an earlier build with the same options)."""
+    out: Path | str
+    """The dataset directory to write (created; resumed when it holds an earlier build with the same options), or
+    an fsspec URL (s3://bucket/prefix, gs://...): built in `work_dir` and uploaded (spanbert_data/remote_build.py)."""
     tokenizer: Path | None = None
     """A HF tokenizer.json or a BERT vocab.txt; None trains a cased WordPiece on the corpus first (SPEC §1)."""
     vocab_size: int = 28996
@@ -45,6 +46,8 @@ class BuildConfig:
     """Input files are grouped, in order, into units of about this many bytes (pass 1's unit of work)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """The masking scheme and its parameters (SPEC §2)."""
+    work_dir: Path | None = None
+    """Staging directory of a build to a URL (default: under the cache directory, keyed by the URL)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule it breaks."""
@@ -75,7 +78,7 @@ class BuildConfig:
     def options(self) -> dict:
         """Every option that changes the bytes written (saved in build.json and the manifest)."""
         d = dataclasses.asdict(self)
-        for key in ("corpus", "out", "workers", "scheduler", "encoder", "tokenizer"):
+        for key in ("corpus", "out", "workers", "scheduler", "encoder", "tokenizer", "work_dir"):
             d.pop(key)
         d["masking"] = self.masking.to_dict()
         return d

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_data.packing import record_batch_columns, rows_lower_bound
-from spanbert_data.shards import load_manifest, read_arrow_file, resolve_inside
+from spanbert_data.shards import DatasetError, load_manifest, location, read_arrow_file, resolve_inside
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 
 KIND_NAMES = ("mask", "random", "keep")
@@ -25,12 +25,69 @@ def _spans(pos_off: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return starts, np.diff(np.append(starts, len(pos)))
 
 
-def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_000) -> dict:
-    """Counts over the whole manifest, distributions measured on up to `max_rows` rows of `split`."""
-    root = Path(root)
+class _Reader:
+    """The tokenizer and shard columns of a dataset directory, or of a URL: its shards through the local cache
+    (spanbert_data/cache.py, SHA-256 checked), its tokenizer read into memory and checked against the manifest."""
+
+    def __init__(self, root, manifest: dict, shards: list[dict]):
+        self.root, self.manifest, self.cache = location(root), manifest, None
+        if not isinstance(self.root, Path):
+            from spanbert_data.cache import ShardCache, choose_limit, default_cache_dir
+
+            self.cache = ShardCache(default_cache_dir(), limit=0)
+            sizes = [int(s["bytes"]) for s in shards]
+            self.cache.limit = choose_limit(self.cache.dir, self.cache.usage(), max(sizes, default=0), sum(sizes),
+                                            None, f"inspecting {self.root}")  # fmt: skip
+
+    def tokenizer(self) -> WordPieceTokenizer:
+        entry = self.manifest["tokenizer"]
+        if self.cache is None:
+            return load_tokenizer(self.root / entry["file"])
+        import hashlib
+        import tempfile
+
+        data = self.root.read_bytes(entry["file"])
+        if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise DatasetError(f"{self.root / entry['file']}: missing or not the tokenizer the manifest names; "
+                               f"run `spanbert-data verify {self.root}`")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "tokenizer.json").write_bytes(data)
+            return load_tokenizer(Path(tmp) / "tokenizer.json")
+
+    def columns(self, entry: dict, then: dict | None = None) -> dict:
+        """The columns of shard `entry`; a remote reader starts downloading the next one (`then`) meanwhile."""
+        if self.cache is None:
+            return record_batch_columns(read_arrow_file(resolve_inside(self.root, entry["path"])))
+        from spanbert_data.cache import CacheItem
+
+        item = CacheItem(self.root, entry["path"], int(entry["bytes"]), entry["sha256"])
+        path = self.cache.fetch(item).result()
+        if then is not None:
+            self.cache.fetch(CacheItem(self.root, then["path"], int(then["bytes"]), then["sha256"]))
+        try:
+            return record_batch_columns(read_arrow_file(path))
+        finally:
+            self.cache.release(item)  # evictable from now on; the memory map stays valid
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def dataset_stats(root, split: str = "train", max_rows: int = 200_000) -> dict:
+    """Counts over the whole manifest, distributions measured on up to `max_rows` rows of `split` (`root`: a
+    dataset directory or URL)."""
     manifest = load_manifest(root)
-    tok = load_tokenizer(root / manifest["tokenizer"]["file"])
     shards = manifest["shards"][split]
+    reader = _Reader(root, manifest, shards)
+    try:
+        return _stats(reader, manifest, shards, split, max_rows)
+    finally:
+        reader.close()
+
+
+def _stats(reader: _Reader, manifest: dict, shards: list[dict], split: str, max_rows: int) -> dict:
+    tok = reader.tokenizer()
     out = {
         "split": split,
         "shards": len(shards),
@@ -50,10 +107,10 @@ def dataset_stats(root: str | Path, split: str = "train", max_rows: int = 200_00
     out["sbo_targets_per_mlm_target"] = out["sbo_targets"] / out["mlm_targets"] if out["mlm_targets"] else 0.0
 
     ex_lengths, span_tokens, span_words, kinds, seen, fewest_rows = [], [], [], [], 0, 0
-    for shard in shards:
+    for i, shard in enumerate(shards):
         if seen >= max_rows:
             break
-        cols = record_batch_columns(read_arrow_file(resolve_inside(root, shard["path"])))
+        cols = reader.columns(shard, shards[i + 1] if i + 1 < len(shards) else None)
         ids = cols["input_ids"]
         ex_lengths.append(cols["example_lengths"][1])
         fewest_rows += rows_lower_bound(ex_lengths[-1], ids.shape[1])  # packing is per shard
@@ -121,13 +178,16 @@ def show_examples(root: str | Path, n: int = 3) -> str:
     """The first `n` examples of the first training shard, original text with masked spans marked.
 
     «span»  = replaced by [MASK];  «span|random: shown»  = random tokens;  «span|kept» = left unchanged."""
-    root = Path(root)
     manifest = load_manifest(root)
-    tok = load_tokenizer(root / manifest["tokenizer"]["file"])
     shards = manifest["shards"]["train"]
     if not shards:
         return "(no training rows)"
-    cols = record_batch_columns(read_arrow_file(resolve_inside(root, shards[0]["path"])))
+    reader = _Reader(root, manifest, shards[:1])
+    try:
+        tok = reader.tokenizer()
+        cols = reader.columns(shards[0])
+    finally:
+        reader.close()
     ids = cols["input_ids"]
     lines = []
     for r in range(len(ids)):

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -154,16 +155,54 @@ def resolve_inside(root: str | os.PathLike, rel: str) -> Path:
     return full
 
 
-def load_manifest(root: str | os.PathLike) -> dict:
-    """Read and validate `manifest.json` of a dataset directory (format, version, paths)."""
-    root = Path(root)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path) -> bool:
+    """True for an fsspec URL (s3://, gs://, ...) other than file://; local paths never go through fsspec."""
+    return isinstance(path, str) and bool(_URL.match(path)) and not path.lower().startswith("file://")
+
+
+def location(path, storage_options: dict | None = None):
+    """Where a dataset lives: a `spanbert_data.remote.Remote` for a URL (fsspec is imported only then), else a
+    local Path (a file:// URL is a local path)."""
+    if type(path).__name__ == "Remote":
+        return path
+    if is_url(path):
+        from spanbert_data.remote import Remote
+
+        return Remote(path, storage_options)
+    if isinstance(path, str) and path.lower().startswith("file://"):
+        path = path[len("file://") :]
+    return Path(path)
+
+
+def load_manifest(root) -> dict:
+    """Read and validate `manifest.json` of a dataset directory or URL (format, version, paths)."""
+    root = location(root)
+    if not isinstance(root, Path):  # object storage
+        text = root.read_bytes(MANIFEST)
+        if text is None:
+            raise DatasetError(f"{root / MANIFEST}: missing — no dataset there, or its build is incomplete; "
+                               "run (or re-run) `spanbert-data build` with that --out")  # fmt: skip
+        manifest = _parse_manifest(text, root / MANIFEST)
+        for entry in manifest_files(manifest):
+            root.path(entry["path"])
+        return manifest
     path = root / MANIFEST
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
     if not path.is_file():
         raise DatasetError(f"{path}: missing — the build is incomplete; re-run `spanbert-data build` to finish it")
+    manifest = _parse_manifest(path.read_bytes(), path)
+    for entry in manifest_files(manifest):
+        resolve_inside(root, entry["path"])
+    return manifest
+
+
+def _parse_manifest(text: bytes, path) -> dict:
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e}); rebuild the dataset") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -174,8 +213,6 @@ def load_manifest(root: str | os.PathLike) -> dict:
             f"{path}: format_version {version!r} is not supported (this spanbert reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild the dataset with this version"
         )
-    for entry in manifest_files(manifest):
-        resolve_inside(root, entry["path"])
     return manifest
 
 
@@ -187,13 +224,22 @@ def manifest_files(manifest: dict) -> list[dict]:
     return entries
 
 
-def verify_dataset(root: str | os.PathLike) -> list[str]:
-    """Re-hash every file the manifest lists; return one problem line per bad file (empty when all are good)."""
-    root = Path(root)
+def verify_dataset(root, threads: int = 8) -> list[str]:
+    """Re-hash every file the manifest lists; return one problem line per bad file (empty when all are good).
+
+    A dataset in object storage is verified by streaming every object through the hash (`threads` at a time);
+    nothing is written to disk."""
+    root = location(root)
     manifest = load_manifest(root)
     problems = []
     tok = manifest["tokenizer"]
     checks = [*manifest_files(manifest), {"path": tok["file"], "sha256": tok["sha256"], "bytes": None}]
+    if not isinstance(root, Path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            found = pool.map(lambda e: root.problem(e["path"], e.get("bytes"), e["sha256"]), checks)
+            return [p for p in found if p is not None]
     for entry in checks:
         path = resolve_inside(root, entry["path"])
         if not path.is_file():

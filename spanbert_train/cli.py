@@ -74,8 +74,21 @@ OPTION_FIELDS = {
     "save_every": "save_every", "keep_last": "keep_last", "resume": "resume", "kernels": "kernels",
     "log_every": "log_every", "tensorboard": "tensorboard", "max_nonfinite": "max_nonfinite",
     "verify_shards": "data.verify", "prefetch": "data.prefetch", "init_from": "model.init_from",
+    "cache_dir": "data.cache_dir", "cache_limit": "data.cache_limit", "storage_options": "data.storage_options",
     "sbo_weight": "sbo_weight",
 }  # fmt: skip
+
+
+def _json_option(ctx, param, value):
+    """--storage-options JSON → dict (None when not given)."""
+    if value is None:
+        return None
+    from spanbert_data.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _opt(*decls, field: str, **kwargs):
@@ -102,7 +115,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@_opt("--data", field="data.path", metavar="DIR")
+@_opt("--data", field="data.path", metavar="DIR|URL")
 @_opt("--out", field="out", metavar="RUN_DIR")
 @click.option("--config", "config_file", default=None, metavar="FILE",
               help="TOML file of options (tables [data], [optim], [model]); YAML with PyYAML installed.")  # fmt: skip
@@ -129,6 +142,9 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 @_opt("--max-nonfinite", field="max_nonfinite", type=int)
 @_opt("--verify-shards", field="data.verify", type=click.Choice(VERIFY_CHOICES))
 @_opt("--prefetch", field="data.prefetch", type=int)
+@_opt("--cache-dir", field="data.cache_dir", metavar="DIR")
+@_opt("--cache-limit", field="data.cache_limit", type=float, metavar="GB")
+@_opt("--storage-options", field="data.storage_options", metavar="JSON", callback=_json_option)
 @_opt("--sbo-weight", field="sbo_weight", type=float)
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.pass_context

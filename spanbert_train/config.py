@@ -38,6 +38,12 @@ class DataConfig:
     """Optimizer steps of batches prepared ahead by the loader's background thread."""
     verify: str = "sha256"
     """'sha256': hash each shard against the manifest before its first row is used (ahead of need); 'size': skip it."""
+    cache_dir: str = ""
+    """Local cache of a remote dataset's shards (default: $SPANBERT_CACHE, else ~/.cache/spanbert)."""
+    cache_limit: float = 0.0
+    """GB the cache may hold (0 = two mask epochs plus the validation shards, within free disk); >= one epoch's."""
+    storage_options: dict = field(default_factory=dict)
+    """fsspec options for a remote dataset (e.g. {"endpoint_url": ...}); never written to config.json or checkpoints."""
 
 
 @dataclass
@@ -139,6 +145,12 @@ class TrainConfig:
         if not d.path:
             raise ConfigError("data.path is required: give --data DATASET_DIR")
         _positive(d, "global_batch_size", "micro_batch", "prefetch", prefix="data.")
+        _non_negative(d, "cache_limit", prefix="data.")
+        if "://" in self.out and not self.out.lower().startswith("file://"):
+            raise ConfigError(
+                f"out must be a local directory (got {self.out}): checkpoints are written with atomic renames, which "
+                "object stores lack; copy the run directory to the bucket afterwards"
+            )
         _choice(d, "verify", VERIFY_CHOICES, prefix="data.")
         _choice(self.model, "preset", MODEL_PRESETS, prefix="model.")
         if not isinstance(self.model.overrides, dict):
@@ -156,7 +168,10 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        opts = d["data"]["storage_options"]  # may hold credentials: only their names are saved and printed
+        d["data"]["storage_options"] = {k: "<not saved>" for k in opts}
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)

@@ -13,6 +13,7 @@ sequence of global batches therefore depends only on (seed, epoch, G): a run res
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from spanbert_data.packing import record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
-from spanbert_data.shards import DatasetError, HashCheck, load_manifest, resolve_inside
+from spanbert_data.shards import DatasetError, HashCheck, load_manifest, location, resolve_inside
 from spanbert_train.config import ConfigError
 from spanbert_train.verify_ahead import VerifyAhead
 
@@ -46,6 +47,7 @@ class Shard:
     def __init__(self, root: Path, entry: dict, max_seq_len: int, verify: str = "sha256",
                  vocab_size: int | None = None):  # fmt: skip
         self.path = resolve_inside(root, entry["path"])
+        self.name = str(self.path)  # how messages name it (a remote shard's URL: spanbert_train.remote_data)
         self.vocab_size = vocab_size
         self.advice = f"; restore the file or rebuild the dataset (`spanbert-data verify {root}` lists every bad file)"
         if not self.path.is_file():
@@ -68,20 +70,20 @@ class Shard:
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
             if reader.num_record_batches != 1:
-                raise DatasetError(f"{self.path}: expected 1 record batch, found {reader.num_record_batches}")
+                raise DatasetError(f"{self.name}: expected 1 record batch, found {reader.num_record_batches}")
             batch = reader.get_batch(0)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DatasetError(f"{self.path}: not a readable Arrow file ({reason}); the shard is corrupt") from None
+            raise DatasetError(f"{self.name}: not a readable Arrow file ({reason}); the shard is corrupt") from None
         if batch.num_rows != entry["rows"]:
-            raise DatasetError(f"{self.path}: {batch.num_rows} rows, manifest says {entry['rows']}")
+            raise DatasetError(f"{self.name}: {batch.num_rows} rows, manifest says {entry['rows']}")
         try:
             self.columns = record_batch_columns(batch)  # zero-copy NumPy views; schema and offsets checked
         except ValueError as e:
-            raise DatasetError(f"{self.path}: {e}; the shard is corrupt{self.advice}") from None
+            raise DatasetError(f"{self.name}: {e}; the shard is corrupt{self.advice}") from None
         if self.columns["input_ids"].shape[1] != max_seq_len:
             width = self.columns["input_ids"].shape[1]
-            raise DatasetError(f"{self.path}: rows have {width} slots, the manifest says max_seq_len {max_seq_len}")
+            raise DatasetError(f"{self.name}: rows have {width} slots, the manifest says max_seq_len {max_seq_len}")
         self.rows = batch.num_rows
         off, lengths = self.columns["example_lengths"]
         # Non-padding tokens of every row (its examples' lengths summed), for tokens/s without touching input_ids.
@@ -105,9 +107,13 @@ class Dataset:
     verify='sha256' (the default) also checks each shard's content hash before its first row is used
     (lazily, see Shard); 'size' trusts the storage and skips it. Rows are structurally checked either way."""
 
-    def __init__(self, root: str | Path, verify: str = "sha256"):
-        self.root = Path(root)
+    def __init__(self, root, verify: str = "sha256", storage=None):
+        """`root`: a dataset directory, or a URL / `spanbert_data.remote.Remote` of one in object storage, whose
+        shards are downloaded into a local cache ahead of need (`storage`: a spanbert_train.remote_data.Storage,
+        default: the default cache directory and limit)."""
+        self.root = location(root, storage.options if storage is not None else None)
         self.manifest = load_manifest(self.root)
+        self.cache = None  # the ShardCache of a remote dataset
         m = self.manifest
         try:
             self.max_seq_len = int(m["max_seq_len"])
@@ -118,16 +124,32 @@ class Dataset:
             valid = m["shards"].get("valid", [])
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{self.root / 'manifest.json'}: missing or invalid field {e}; rebuild") from None
+        if isinstance(self.root, Path):
+            shard = functools.partial(Shard, self.root, max_seq_len=self.max_seq_len, verify=verify,
+                                      vocab_size=self.vocab_size)  # fmt: skip
+        else:  # object storage: shards open lazily, once downloaded and verified (spanbert_train.remote_data)
+            from spanbert_train.remote_data import remote_shards
+
+            shard = remote_shards(self, storage, verify)
         self.epochs: list[list[Shard]] = [[] for _ in range(self.mask_epochs)]
         for entry in train:
             epoch = int(entry["epoch"])
             if not 0 <= epoch < self.mask_epochs:
                 raise DatasetError(f"{self.root / 'manifest.json'}: shard {entry['path']} has epoch {epoch}")
-            self.epochs[epoch].append(Shard(self.root, entry, self.max_seq_len, verify, self.vocab_size))
+            self.epochs[epoch].append(shard(entry))
         for k, shards in enumerate(self.epochs):
             if sum(s.rows for s in shards) == 0:
                 raise DatasetError(f"{self.root / 'manifest.json'}: mask epoch {k} has no training rows")
-        self.valid = [Shard(self.root, entry, self.max_seq_len, verify, self.vocab_size) for entry in valid]
+        self.valid = [shard(entry) for entry in valid]
+        if self.cache is not None:
+            from spanbert_train.remote_data import size_cache
+
+            size_cache(self, storage)
+
+    def close(self) -> None:
+        """Let go of a remote dataset's cache (its holds and downloads in flight); nothing to do for local data."""
+        if self.cache is not None:
+            self.cache.close()
 
     def rows(self, mask_epoch: int) -> int:
         return sum(s.rows for s in self.epochs[mask_epoch])
@@ -201,7 +223,7 @@ class RowSource:
             if found is not None:
                 i, what = found
                 bad = self.shards[shard[i]]
-                raise DatasetError(f"{bad.path}: row {local[i]}: {what}; the shard is corrupt{bad.advice}")
+                raise DatasetError(f"{bad.name}: row {local[i]}: {what}; the shard is corrupt{bad.advice}")
         return out
 
 
@@ -269,9 +291,14 @@ class TrainLoader:
         self._thread: threading.Thread | None = None
         self._pending = None  # the next queue item, taken early by peek_error()
         self._orders: dict[int, np.ndarray] = {}  # training epoch -> its row order (see _order)
-        self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],
-                                    RowSource(dataset.valid) if dataset.valid else None,
-                                    self.shards_in_order_of_use, self.position, self._stop)  # fmt: skip
+        if dataset.cache is not None:  # object storage: download ahead of need, let go after last use
+            from spanbert_train.remote_data import DownloadAhead
+
+            self.verifier = DownloadAhead(self)
+        else:
+            self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],
+                                        RowSource(dataset.valid) if dataset.valid else None,
+                                        self.shards_in_order_of_use, self.position, self._stop)  # fmt: skip
 
     def batches_per_epoch(self, epoch: int) -> int:
         return len(self.sources[epoch % len(self.sources)]) // self.G
@@ -334,6 +361,7 @@ class TrainLoader:
                     raise self.verifier.error
                 self.verifier.producing_epoch = epoch
                 item = self.make_step(epoch, index)
+                self.verifier.step_built(epoch, index)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)

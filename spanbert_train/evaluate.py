@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from spanbert_data.shards import is_url
 from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, RowSource, to_batch
 
@@ -61,9 +62,16 @@ def word_start_table(dataset: Dataset) -> np.ndarray:
     """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
     from tokenizers import Tokenizer
 
-    path = dataset.root / dataset.manifest["tokenizer"].get("file", "tokenizer.json")
+    name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
+    path = dataset.root / name
     try:
-        tok = Tokenizer.from_file(str(path))
+        if isinstance(dataset.root, Path):
+            tok = Tokenizer.from_file(str(path))
+        else:  # a dataset in object storage (spanbert_data.remote.Remote)
+            text = dataset.root.read_bytes(name)
+            if text is None:
+                raise ValueError("not found")
+            tok = Tokenizer.from_str(text.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception
         raise ConfigError(f"{path}: cannot read the dataset's tokenizer ({e}); run `spanbert-data verify`") from None
     prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
@@ -231,10 +239,17 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
         ckpt, meta = resolve_checkpoint(source)
     except ExportError as e:
         raise ConfigError(str(e)) from None
-    data_dir = Path(data) if data else Path(((meta.get("config") or {}).get("data") or {}).get("path", ""))
-    if not (data_dir / "manifest.json").is_file():
-        raise ConfigError(f"{data_dir}: no dataset there (no manifest.json); pass --data DATASET_DIR")
-    dataset = Dataset(data_dir)
+    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
+    if is_url(where):  # object storage: the shards go through the default local cache (spanbert_train.remote_data)
+        from spanbert_train.remote_data import Storage
+
+        data_dir = where
+        dataset = Dataset(where, storage=Storage())
+    else:
+        data_dir = Path(where)
+        if not (data_dir / "manifest.json").is_file():
+            raise ConfigError(f"{data_dir}: no dataset there (no manifest.json); pass --data DATASET_DIR")
+        dataset = Dataset(data_dir)
     trained_with = meta.get("tokenizer_sha256")
     if trained_with and trained_with != dataset.manifest["tokenizer"].get("sha256"):
         raise ConfigError(f"{data_dir}: built with another tokenizer than the run's; evaluate on data of the same one")
@@ -255,6 +270,7 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
         result = evaluate_model(model, dataset, split=split, max_rows=max_rows, micro_batch=micro_batch,
                                 rank=d.rank, world=d.world, device=d.device, autocast=autocast)  # fmt: skip
     finally:
+        dataset.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     if result is None:

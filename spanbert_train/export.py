@@ -19,10 +19,13 @@ directory is one of our exports, else it keeps its fresh initialisation.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pickle
 import shutil
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
-from spanbert_data.shards import DatasetError, load_manifest, sha256_file
+from spanbert_data.shards import DatasetError, is_url, load_manifest, location, sha256_file
 from spanbert_data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer
 from spanbert_train import __version__
 from spanbert_train.checkpoint import CheckpointError, latest_good, read_meta
@@ -168,25 +171,48 @@ def export_checkpoint(source: str | Path, out: str | Path, data: str | Path | No
     when the dataset has moved).
     """
     ckpt, meta = resolve_checkpoint(source)
-    data_dir = Path(data) if data else Path(((meta.get("config") or {}).get("data") or {}).get("path", ""))
+    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
+    if is_url(where):  # a dataset in object storage: its manifest and tokenizer are read from there
+        with _remote_tokenizer(where) as (manifest, tokenizer_file):
+            return _export(ckpt, meta, manifest, tokenizer_file, where, out)
+    data_dir = Path(where)
     if not (data_dir / "manifest.json").is_file():
         raise ExportError(f"{data_dir}: the training dataset (for its tokenizer) is not there; pass --data DATASET_DIR")
     manifest = load_manifest(data_dir)
+    tokenizer_file = data_dir / manifest["tokenizer"].get("file", "tokenizer.json")
+    if not tokenizer_file.is_file() or sha256_file(tokenizer_file) != manifest["tokenizer"].get("sha256"):
+        raise ExportError(  # a swapped tokenizer.json would ship token ids that mean other words
+            f"{tokenizer_file}: missing or not the tokenizer its manifest names; run `spanbert-data verify {data_dir}`"
+        )
+    return _export(ckpt, meta, manifest, tokenizer_file, str(data_dir.resolve()), out)
+
+
+@contextlib.contextmanager
+def _remote_tokenizer(url: str):
+    """(manifest, a local copy of its tokenizer.json, checked against the manifest's hash) of a remote dataset."""
+    remote = location(url)
+    manifest = load_manifest(remote)
+    name = manifest["tokenizer"].get("file", "tokenizer.json")
+    data = remote.read_bytes(name)
+    if data is None or hashlib.sha256(data).hexdigest() != manifest["tokenizer"].get("sha256"):
+        raise ExportError(f"{remote / name}: missing or not the tokenizer its manifest names; run "
+                          f"`spanbert-data verify {remote}`")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_bytes(data)
+        yield manifest, Path(tmp) / "tokenizer.json"
+
+
+def _export(ckpt: Path, meta: dict, manifest: dict, tokenizer_file: Path, dataset: str, out) -> Path:
     trained_with = meta.get("tokenizer_sha256")
     if trained_with and trained_with != manifest["tokenizer"].get("sha256"):
-        raise ExportError(f"{data_dir}: its tokenizer is not the one the run was trained with; pass the run's --data")
+        raise ExportError(f"{dataset}: its tokenizer is not the one the run was trained with; pass the run's --data")
     cfg = _checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
     model = SpanBertForPreTraining(cfg, kernels="reference", attention="sdpa")
     try:
         load_model(model, str(ckpt / WEIGHTS), strict=True)
     except (SafetensorError, RuntimeError) as e:
         raise ExportError(f"{ckpt / WEIGHTS}: cannot be loaded into the checkpoint's model ({e})") from None
-    tokenizer_file = data_dir / manifest["tokenizer"].get("file", "tokenizer.json")
-    if not tokenizer_file.is_file() or sha256_file(tokenizer_file) != manifest["tokenizer"].get("sha256"):
-        raise ExportError(  # a swapped tokenizer.json would ship token ids that mean other words
-            f"{tokenizer_file}: missing or not the tokenizer its manifest names; run `spanbert-data verify {data_dir}`"
-        )
-    provenance = {"source": str(ckpt.resolve()), "step": meta.get("step"), "dataset": str(data_dir.resolve())}
+    provenance = {"source": str(ckpt.resolve()), "step": meta.get("step"), "dataset": dataset}
     return export_model(model, tokenizer_file, out, provenance)
 
 
@@ -375,7 +401,7 @@ def load_hf_weights(model: SpanBertForPreTraining, hf_dir: str | Path,
 @click.command("export")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="The Hugging Face directory to write.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--data", default=None, metavar="DIR|URL",
               help="The training dataset (for its tokenizer) when it is no longer where the run's config says.")
 def export_command(source: str, out: str, data: str | None) -> None:
     """Export SOURCE (a run directory's latest good checkpoint, or one checkpoint) as a Hugging Face BERT."""

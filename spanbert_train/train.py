@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from spanbert_data.shards import is_url
 from spanbert_train.agree import raise_on_every_rank
 from spanbert_train.checkpoint import (
     CheckpointError,
@@ -137,7 +138,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg, d = self.cfg, self.dist
-        self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify)
+        storage = None
+        if is_url(cfg.data.path):  # object storage: shards through a local cache (spanbert_train.remote_data)
+            from spanbert_train.remote_data import Storage
+
+            storage = Storage.from_config(cfg.data)
+        self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify, storage=storage)
         check_batch_geometry(self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
         self.model_cfg = model_config(cfg, self.dataset)
         self.kernels = resolve_kernels(cfg.kernels, self.device)
@@ -404,6 +410,7 @@ class Trainer:
 
     def close(self) -> None:
         self.loader.close()
+        self.dataset.close()
         if self.logger:
             self.logger.close()
 

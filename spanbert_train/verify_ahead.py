@@ -50,6 +50,9 @@ class VerifyAhead:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def step_built(self, epoch: int, index: int) -> None:
+        """Called by the batch builder after each step it built (a remote dataset lets go of shards here)."""
+
     def _run(self) -> None:
         try:
             self._check_validation_rows()
