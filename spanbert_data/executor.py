@@ -127,7 +127,8 @@ class DaskExecutor(Executor):
             if scheduler == "local":
                 self._cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                    env={"RAYON_NUM_THREADS": str(tokenizer_threads(workers))},  # also the compiled encoder's
+                    # tokenizer threads (also the compiled encoder's): as the user set them, else shared out
+                    env={"RAYON_NUM_THREADS": os.environ.get("RAYON_NUM_THREADS") or str(tokenizer_threads(workers))},
                 )  # fmt: skip
                 self.client = distributed.Client(self._cluster)
             else:
