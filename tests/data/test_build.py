@@ -19,24 +19,11 @@ from spanbert_data.corpus import CorpusError
 from spanbert_data.packing import record_batch_columns
 from spanbert_data.shards import DatasetError, load_manifest, read_arrow_file, verify_dataset
 from spanbert_data.tokenizer import load_tokenizer
+from tests.faults.helpers import dataset_bytes as tree_bytes  # every file; store markers without timings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "wiki"
 VOCAB = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every data file of a dataset (markers carry timings, so they are compared without them)."""
-    files = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            data = p.read_bytes()
-            if p.suffix == ".json" and p.parent.name == "store":
-                marker = json.loads(data)
-                marker.pop("seconds", None)
-                data = json.dumps(marker).encode()
-            files[p.relative_to(root).as_posix()] = data
-    return files
 
 
 def small_corpus(tmp: Path, copies: int = 3) -> Path:
