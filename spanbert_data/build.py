@@ -9,10 +9,8 @@ what is missing, and a finished build re-run is a no-op.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import os
 import shutil
 import socket
 import sys
@@ -23,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_data import __version__
-from spanbert_data import tokenizer as tokenizer_module
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
-from spanbert_data.executor import Executor, ExecutorError, make_executor
+from spanbert_data.executor import Executor, ExecutorError, make_executor, prepare_task_process
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.progress import Progress
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
@@ -40,7 +37,7 @@ from spanbert_data.shards import (
     sha256_file,
 )
 from spanbert_data.store import build_unit, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer, set_tokenizer_threads
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
 from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
@@ -53,7 +50,6 @@ class BuildError(Exception):
 
 
 def _stderr(msg: str) -> None:
-    import sys
 
     print(msg, file=sys.stderr, flush=True)
 
@@ -292,53 +288,10 @@ def _check_visible(out: Path) -> None:
         )
 
 
-def _on_dask_worker() -> bool:
-    if "distributed" not in sys.modules:  # a Dask worker has imported it; elsewhere, do not pay for the import
-        return False
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
-def _prepare_dask_worker() -> None:
-    """Settings for a task on a Dask worker (a no-op elsewhere, and cheap after the first task of a process).
-
-    - Threads: a Dask worker runs one task per thread (`dask worker --nthreads 1 --nworkers N` on N cores), so
-      each task tokenizes on one thread unless RAYON_NUM_THREADS says otherwise.
-    - Memory: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, and glibc then also freezes its
-      mmap threshold at 128 KiB: every array above that becomes a fresh mmap whose pages fault in again. On a
-      build that is 5.6x the page faults and a quarter more time (bench/build_scaling.py). Set the two
-      thresholds to where glibc's own adaptive defaults settle (32 MiB / 64 MiB) for this process.
-    """
-    global _DASK_WORKER_READY
-    if _DASK_WORKER_READY:
-        return
-    _DASK_WORKER_READY = True
-    if not _on_dask_worker():
-        return
-    if "RAYON_NUM_THREADS" not in os.environ and not tokenizer_module._pool_started:
-        set_tokenizer_threads(1)
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None)
-            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-        except (OSError, AttributeError):  # not glibc: nothing to undo
-            pass
-
-
-_DASK_WORKER_READY = False
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
 def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
     _check_visible(out)
-    _prepare_dask_worker()
+    prepare_task_process()
     data = (out / TOKENIZER_FILE).read_bytes()
     # Reused across tasks of one process, but only for the same file and encoder: an in-process build
     # (--workers 1) may follow another build with another tokenizer.
@@ -353,13 +306,13 @@ def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
             f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
             "worker mounts at the same path (see README, Building on a cluster)"
         )
-    _prepare_dask_worker()
+    prepare_task_process()
     return count_unit_words(root, unit, char_budget)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:
     _check_visible(ctx.out)
-    _prepare_dask_worker()
+    prepare_task_process()
     return build_shard(ctx, plan)
 
 

@@ -12,7 +12,9 @@ atomically and a completion marker last, so a task that runs twice (a retry, a r
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -54,6 +56,52 @@ class Executor:
 def tokenizer_threads(workers: int) -> int:
     """Tokenizer threads per worker process so that the machine's cores are shared, not oversubscribed."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _on_dask_worker() -> bool:
+    if "distributed" not in sys.modules:  # a Dask worker has imported it; elsewhere, do not pay for the import
+        return False
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def prepare_task_process() -> None:
+    """Settings a build task makes for the process it runs in: only on a Dask worker (a pool worker gets them from
+    its initializer, this process from the user), and only at the first task of a process.
+
+    - Threads: a Dask worker runs one task per thread (`dask worker --nthreads 1 --nworkers N` on N cores), so
+      each task tokenizes on one thread unless RAYON_NUM_THREADS says otherwise.
+    - Memory: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, and glibc then also freezes its
+      mmap threshold at 128 KiB: every array above that becomes a fresh mmap whose pages fault in again. A
+      250 MB build on one Dask worker had 5.6x the page faults and ~2 s more system time (docs/PERFORMANCE.md
+      §8). Set the two thresholds to where glibc's own adaptive defaults settle (32 MiB / 64 MiB) here.
+    """
+    global _DASK_WORKER_READY
+    if _DASK_WORKER_READY:
+        return
+    _DASK_WORKER_READY = True
+    if not _on_dask_worker():
+        return
+    from spanbert_data import tokenizer
+
+    if "RAYON_NUM_THREADS" not in os.environ and not tokenizer._pool_started:
+        tokenizer.set_tokenizer_threads(1)
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+        except (OSError, AttributeError):  # not glibc: nothing to undo
+            pass
+
+
+_DASK_WORKER_READY = False
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 class InlineExecutor(Executor):
