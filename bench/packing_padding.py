@@ -1,6 +1,6 @@
 """Padding of our packer (best-fit decreasing) against simpler packers and the optimum's lower bound.
 
-DESIGN.md aims for < 2% padding. How much padding is *possible* depends on the example lengths: two
+DESIGN §6 aims for < 2% padding. How much padding is *possible* depends on the example lengths: two
 examples longer than half a row never share one, so the gaps beside long examples can only be filled
 by short ones. Each distribution is therefore also scored with the Martello-Toth L2 lower bound on
 the number of rows of ANY packing. Peers, in the same run on the same lengths:

@@ -1,7 +1,7 @@
 """Pass 1 (read → tokenize → block → Arrow token store) and the whole build (+ mask, pack, write shards)
 against the plain tokenizer on the same text.
 
-The tokenizer is the data pipeline's physical limit (DESIGN.md): this measures how much of its speed
+The tokenizer is the data pipeline's physical limit (DESIGN §9): this measures how much of its speed
 our pass 1 keeps. Both sides use the same tokenizer object settings and thread count, in one run.
 
     .venv/bin/python -m bench.tokenize_blocks [--mb 20] [--repeats 3] [--encoder hf]

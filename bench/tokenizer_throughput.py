@@ -1,6 +1,6 @@
 """WordPieceTokenizer.encode_lines (ids as NumPy) against plain tokenizers `encode_batch` on the same text.
 
-encode_lines must cost little beyond the tokenizer itself (DESIGN.md: the tokenizer is the pipeline's
+encode_lines must cost little beyond the tokenizer itself (DESIGN §9: the tokenizer is the pipeline's
 limit). The peer is `Tokenizer.encode_batch` returning Encoding objects, no NumPy at all; the runs are
 interleaved so that load from other processes hits every variant alike. A second table times only the
 Encoding -> flat NumPy conversion, the step where Python overhead hides, for the candidate ways.

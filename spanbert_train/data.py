@@ -4,7 +4,7 @@ Every shard is memory-mapped (`pa.memory_map` + `pa.ipc.open_file`) and its colu
 zero-copy as NumPy arrays; a batch is gathered with NumPy fancy indexing (the ragged list columns
 through their offsets), never with a Python loop over tokens.
 
-Order (DESIGN.md, Determinism): training epoch e reads mask epoch e mod K, in the order of a
+Order (DESIGN §8): training epoch e reads mask epoch e mod K, in the order of a
 permutation of that epoch's rows seeded by (seed, e). Global batch b is perm[b·G:(b+1)·G]; it is
 split contiguously over the ranks, and each rank's part contiguously into micro-batches. The
 sequence of global batches therefore depends only on (seed, epoch, G): a run resumed at position

@@ -79,7 +79,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_kernels(kernels: str, device: torch.device) -> str:
-    """'auto' → the Triton kernels on CUDA, the plain-PyTorch references elsewhere (DESIGN.md)."""
+    """'auto' → the Triton kernels on CUDA, the plain-PyTorch references elsewhere (DESIGN §9)."""
     if kernels == "auto":
         return "triton" if device.type == "cuda" else "reference"
     return kernels
