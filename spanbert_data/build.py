@@ -22,8 +22,9 @@ import numpy as np
 
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
-from spanbert_data.executor import Executor, ExecutorError, make_executor, prepare_task_process
+from spanbert_data.corpus import CorpusStats, list_corpus_files
+from spanbert_data.errors import BuildError, CorpusError, ExecutorError
+from spanbert_data.executor import Executor, make_executor, prepare_task_process
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.progress import Progress
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
@@ -43,10 +44,6 @@ from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, samp
 
 BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
 TOKENIZER_FILE = "tokenizer.json"
-
-
-class BuildError(Exception):
-    """A user-facing build failure: one line naming the file and what to do."""
 
 
 def _stderr(msg: str) -> None:

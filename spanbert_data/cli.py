@@ -10,11 +10,9 @@ from pathlib import Path
 
 import click
 
-from spanbert_data.corpus import CorpusError
-from spanbert_data.shards import DatasetError
-from spanbert_data.tokenizer import TokenizerError
+from spanbert_data.errors import BuildError, CorpusError, DatasetError, TokenizerError
 
-USER_ERRORS = (CorpusError, DatasetError, TokenizerError)
+USER_ERRORS = (CorpusError, DatasetError, TokenizerError, BuildError)
 
 
 def user_errors(fn):
@@ -22,11 +20,9 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from spanbert_data.build import BuildError
-
         try:
             return fn(*args, **kwargs)
-        except (*USER_ERRORS, BuildError) as e:
+        except USER_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:

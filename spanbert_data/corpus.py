@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
+from spanbert_data.errors import CorpusError
 from spanbert_data.streams import (
     ATTRIBUTE,
     CHUNK,
@@ -109,10 +110,6 @@ class CorpusStats:
     def to_dict(self) -> dict:
         return {"files": self.files, "documents": self.documents, "lines": self.lines, "bytes": self.bytes,
                 "skipped": dict(sorted(self.skipped.items())), "replaced_chars": self.replaced_chars}
-
-
-class CorpusError(Exception):
-    """A user-facing, one-line error about the corpus as a whole (missing, or nothing readable in it)."""
 
 
 def describe_skipped(stats: CorpusStats) -> str:

@@ -20,12 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecu
 from multiprocessing import get_context
 from typing import Any
 
+from spanbert_data.errors import ExecutorError
+
 Task = tuple[str, tuple]  # (stable key, arguments)
 OnDone = Callable[[str, tuple, Any], None]
-
-
-class ExecutorError(Exception):
-    """The executor itself failed (a worker process died, the cluster is unreachable): one line for the user."""
 
 
 class Executor:

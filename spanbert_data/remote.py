@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spanbert_data.shards import MANIFEST, DatasetError
+from spanbert_data.errors import DatasetError, RemoteError
+from spanbert_data.shards import MANIFEST
 
 RETRIES = 6  # attempts per operation: waits of 0.5, 1, 2, 4 and 8 s between them (15.5 s in all)
 BACKOFF = 0.5
@@ -31,10 +32,6 @@ CHUNK = 8 << 20  # bytes per read when streaming an object (one ranged GET each 
 
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> pip extra of spanbert
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InterruptedError)
-
-
-class RemoteError(DatasetError):
-    """An object store operation failed for good (one line naming the URL)."""
 
 
 def _stderr(msg: str) -> None:

@@ -25,8 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from spanbert_data.cache import default_cache_dir
+from spanbert_data.errors import BuildError, DatasetError
 from spanbert_data.remote import Remote, reason
-from spanbert_data.shards import FORMAT_NAME, MANIFEST, DatasetError, atomic_path, atomic_write_bytes
+from spanbert_data.shards import FORMAT_NAME, MANIFEST, atomic_path, atomic_write_bytes
 
 BUILD_FILE = "build.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -49,8 +50,6 @@ class Mirror:
     def open(cls, out: str, work_dir: Path | None, scheduler: str | None, storage_options: dict | None,
              log: Callable[[str], None]) -> Mirror:  # fmt: skip
         """Claim the URL (refusing a prefix that holds anything but our build) and choose the staging directory."""
-        from spanbert_data.build import BuildError
-
         if scheduler and scheduler != "local" and work_dir is None:
             raise BuildError(
                 f"--out {out} with --scheduler {scheduler}: give --work-dir on a filesystem every worker mounts at the "
@@ -81,8 +80,6 @@ class Mirror:
         A staging directory of another build (other options or corpus, or another tokenizer than the bucket's) is
         emptied. When the bucket knows the tokenizer and staging lacks it, it is downloaded (hash checked), so a
         resumed build never trains the vocabulary again."""
-        from spanbert_data.build import BuildError
-
         remote_tok = (self.previous or {}).get("tokenizer_sha256")
         if local_previous is not None:
             same = (local_previous.get("options"), local_previous.get("sources")) == (plan["options"], plan["sources"])

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from spanbert_data.errors import DatasetError, DiskWriteError
+
 FORMAT_NAME = "spanbert-dataset"
 FORMAT_VERSION = 2  # 2: input units are (source, sub) pairs (store/unit-SSSSS-JJJJJ.json); the shards are as in 1
 READABLE_VERSIONS = (1, 2)  # what the trainer and `verify` read: the manifest fields and shards they use are unchanged
@@ -28,14 +30,6 @@ MANIFEST = "manifest.json"
 
 _UMASK = os.umask(0o022)  # read the process umask (only possible by setting it) ...
 os.umask(_UMASK)  # ... and put it back at once
-
-
-class DatasetError(Exception):
-    """A dataset directory or one of its files is missing, corrupt or of another format (user-facing, one line)."""
-
-
-class DiskWriteError(DatasetError):
-    """Writing failed (disk full, file size limit, permissions): nothing partial was left behind."""
 
 
 @contextlib.contextmanager

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from spanbert_data.errors import TokenizerError
+
 # The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -42,10 +44,6 @@ ENCODERS = ("auto", "fast", "hf")
 _get_ids = attrgetter("ids")
 _pool_started = False  # set by the first encode; RAYON_NUM_THREADS is read only then
 _threads: int | None = None  # set_tokenizer_threads(); None: all cores
-
-
-class TokenizerError(Exception):
-    """A tokenizer file that cannot be used; the message names the file and what to do."""
 
 
 def set_tokenizer_threads(n: int) -> None:

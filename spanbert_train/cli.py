@@ -17,11 +17,11 @@ import sys
 
 import click
 
+from spanbert_data.errors import DatasetError
 from spanbert_train.config import (
     KERNEL_CHOICES,
     MODEL_PRESETS,
     VERIFY_CHOICES,
-    ConfigError,
     DataConfig,
     ModelSpec,
     OptimConfig,
@@ -31,6 +31,9 @@ from spanbert_train.config import (
     load_config_file,
     parse_override,
 )
+from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)  # one line on stderr, exit status 2
 
 SUBCOMMANDS: dict[str, str] = {
     "plot": "spanbert_train.metrics:plot_command",
@@ -163,15 +166,6 @@ def cli(ctx: click.Context, config_file, model_set, print_config, **options) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning user errors into one line on stderr and exit status 2."""
-    from spanbert_data.shards import DatasetError
-
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, DatasetError)
-    try:
-        from spanbert_train.checkpoint import CheckpointError
-
-        user_errors += (CheckpointError,)
-    except ImportError:  # torch missing: the plot subcommand still works
-        pass
     try:
         code = cli.main(args=argv, prog_name="spanbert-train", standalone_mode=False)
     except click.ClickException as e:
@@ -180,17 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except user_errors as e:
+    except USER_ERRORS as e:
         click.echo(f"spanbert-train: error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("spanbert-train: interrupted", err=True)
         sys.exit(130)
-    except Exception as e:
-        from spanbert_train.train import TrainingError
-
-        if isinstance(e, TrainingError):
-            click.echo(f"spanbert-train: error: {e}", err=True)
-            sys.exit(1)
-        raise
+    except TrainingError as e:
+        click.echo(f"spanbert-train: error: {e}", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spanbert_train.errors import ConfigError
+
 KERNEL_CHOICES = ("auto", "triton", "reference")
 MODEL_PRESETS = ("tiny", "small", "base", "large")
 VERIFY_CHOICES = ("sha256", "size")
-
-
-class ConfigError(ValueError):
-    """A user-supplied option or config file is invalid (printed as one line, exit status 2)."""
 
 
 @dataclass

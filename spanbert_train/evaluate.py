@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from spanbert_data.shards import is_url
 from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, RowSource, to_batch
+from spanbert_train.dist import setup_distributed
 
 EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
 SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words
@@ -231,7 +232,6 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
 
     from spanbert_train.export import ExportError, _checkpoint_model_config, resolve_checkpoint
     from spanbert_train.model import SpanBertForPreTraining
-    from spanbert_train.train import setup_distributed
 
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16 (got {precision!r})")

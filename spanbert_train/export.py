@@ -35,10 +35,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
-from spanbert_data.shards import DatasetError, is_url, load_manifest, location, sha256_file
-from spanbert_data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer
+from spanbert_data.errors import DatasetError, TokenizerError
+from spanbert_data.shards import is_url, load_manifest, location, sha256_file
+from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from spanbert_train import __version__
-from spanbert_train.checkpoint import CheckpointError, latest_good, read_meta
+from spanbert_train.checkpoint import latest_good, read_meta
+from spanbert_train.errors import CheckpointError, ExportError
 from spanbert_train.heads import SpanBoundaryHead
 from spanbert_train.model import REFERENCE_OPS, ModelConfig, SpanBertForPreTraining
 
@@ -51,10 +53,6 @@ SBO_PREFIX = "cls.sbo."
 IGNORED_PREFIXES = ("cls.seq_relationship.", "bert.pooler.", "bert.embeddings.position_ids")
 # config.json extras that carry the SBO head's shape (HF ignores unknown keys).
 SBO_CONFIG_KEYS = {"spanbert_sbo_position_size": "sbo_position_size", "spanbert_sbo_num_offsets": "sbo_num_offsets"}
-
-
-class ExportError(ValueError):
-    """An export or import that cannot be done; the message names the path and what to do."""
 
 
 # ------------------------------------------------------------------------------------------------- export

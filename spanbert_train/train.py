@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from spanbert_data.shards import is_url
-from spanbert_train.agree import raise_on_every_rank
 from spanbert_train.checkpoint import (
-    CheckpointError,
     latest_good,
     list_checkpoints,
     load_checkpoint,
@@ -36,40 +33,14 @@ from spanbert_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from spanbert_train.config import ConfigError, TrainConfig
+from spanbert_train.config import TrainConfig
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
+from spanbert_train.dist import raise_on_every_rank, setup_distributed
+from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
 from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite steps); the message names the step and the way back."""
-
-
-@dataclass
-class DistInfo:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -416,8 +387,6 @@ class Trainer:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

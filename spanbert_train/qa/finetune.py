@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spanbert_train.attention import build_layout, compute_dtype
+from spanbert_train.dist import setup_distributed
 from spanbert_train.export import ExportError, load_hf_weights, model_config_from_hf
 from spanbert_train.model import BertModel, SpanBertForPreTraining
 from spanbert_train.qa.squad import (
@@ -183,19 +183,6 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; a single process when it is not set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
-
-
 def finetune_qa(model_dir: str | Path, train_path: str | Path, dev_path: str | Path, out_dir: str | Path,
                 cfg: QAConfig, log=print) -> dict | None:  # fmt: skip
     """Fine-tune on `train_path`, evaluate on `dev_path`, write predictions.json and metrics.json to `out_dir`.
@@ -205,7 +192,8 @@ def finetune_qa(model_dir: str | Path, train_path: str | Path, dev_path: str | P
     cfg.validate()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     tok_file = model_dir / "tokenizer.json" if (model_dir / "tokenizer.json").is_file() else model_dir / "vocab.txt"
-    rank, world, device = _setup_distributed()
+    d = setup_distributed()
+    rank, world, device = d.rank, d.world, d.device
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     torch.manual_seed(cfg.seed)
