@@ -10,10 +10,8 @@ what is missing, and a finished build re-run is a no-op.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,33 +23,19 @@ from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files
 from spanbert_data.errors import BuildError, CorpusError, ExecutorError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process
+from spanbert_data.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
 from spanbert_data.masking import replacement_cdf
-from spanbert_data.progress import Progress
+from spanbert_data.progress import Progress, stderr
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
-from spanbert_data.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST,
-    atomic_write_bytes,
-    atomic_write_json,
-    is_url,
-    sha256_file,
-)
+from spanbert_data.shards import is_url
 from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
 from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
-BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
-TOKENIZER_FILE = "tokenizer.json"
 
-
-def _stderr(msg: str) -> None:
-
-    print(msg, file=sys.stderr, flush=True)
-
-
-def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr, storage_options: dict | None = None) -> dict:
+def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage_options: dict | None = None) -> dict:
     """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input.
 
     `cfg.out` may be an fsspec URL (s3://, gs://, ...): the build then runs in a local staging directory and is
@@ -81,7 +65,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr, storag
             )
         manifest = None
         if previous is not None:
-            manifest = mirror.finished() if mirror else _read_json(out / MANIFEST)
+            manifest = mirror.finished() if mirror else read_json(out / MANIFEST)
         if manifest is not None:
             log(f"{where}: build already complete ({manifest['blocks']} blocks); nothing to do")
             if mirror is not None:
@@ -177,11 +161,8 @@ def _claim_out_dir(out: Path) -> dict | None:
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: exists and is not a directory; choose another --out")
     if build_file.is_file():
-        try:
-            previous = json.loads(build_file.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if not isinstance(previous, dict) or previous.get("format") != FORMAT_NAME:
+        previous = read_json(build_file)
+        if previous is None or previous.get("format") != FORMAT_NAME:
             raise BuildError(f"{build_file}: not a spanbert build file; choose another --out")
         _remove_stale_temps(out)
         return previous
@@ -199,7 +180,7 @@ def _is_claim_temp(path: Path) -> bool:
 
 
 def _remove_stale_temps(out: Path) -> None:
-    """Delete the hidden temp files (`.NAME.*.tmp`, see shards.atomic_path) a killed run left in its folders."""
+    """Delete the hidden temp files (`.NAME.*.tmp`, see files.atomic_path) a killed run left in its folders."""
     for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
         for tmp in folder.glob(".*.tmp"):
             if tmp.is_file():
@@ -222,7 +203,7 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: 
 
 
 def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
-                     log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+                     log: Callable[[str], None] = stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
     """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
     unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed in
     unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
@@ -249,7 +230,7 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
 
 
 def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
-                      scheduler: str | None = None, log: Callable[[str], None] = _stderr,
+                      scheduler: str | None = None, log: Callable[[str], None] = stderr,
                       ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
     """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
     so the result is the tokenizer `build` would train with the same options."""
@@ -345,7 +326,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
                 units = ((unit, None) for unit in source.units())
             for unit, piece in units:
                 order.append(unit.key)
-                marker = _read_json(out / unit.marker)
+                marker = read_json(out / unit.marker)
                 if mirror is not None:  # the bucket decides (store parts it has are fetched for pass 2)
                     marker = mirror.resume_unit(unit, marker, lambda m, u=unit: unit_is_complete(out, u, m))
                 elif not unit_is_complete(out, unit, marker):
@@ -400,7 +381,7 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=No
     results: dict[str, dict] = {}
     todo = []
     for plan in plans:
-        marker = _read_json(ctx.out / plan.marker)
+        marker = read_json(ctx.out / plan.marker)
         path = ctx.out / plan.path
         if mirror is not None:
             marker = mirror.resume_shard(plan)  # in the bucket, or finished here and now uploaded
@@ -423,13 +404,6 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=No
     _run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
     progress.close()
     return [results[p.path] for p in plans]
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------- held-out

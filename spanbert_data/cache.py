@@ -24,7 +24,6 @@ import itertools
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from spanbert_data.shards import DatasetError, sha256_file
+from spanbert_data.errors import DatasetError
+from spanbert_data.files import sha256_file
+from spanbert_data.progress import stderr
 
 GB = 10**9
 DOWNLOAD_THREADS = 4
@@ -81,7 +82,7 @@ class ShardCache:
         # process first uses it, as a local shard would be: the disk under the cache can damage bytes too.
         self.verify_cached = verify_cached
         self._verified: set[str] = set()
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = log or stderr
         for sub in ("objects", "tmp", "holds"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._host = socket.gethostname().replace(".", "_")

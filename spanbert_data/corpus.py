@@ -31,7 +31,6 @@ import io
 import json
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
 from spanbert_data.errors import CorpusError
+from spanbert_data.progress import stderr
 from spanbert_data.streams import (
     ATTRIBUTE,
     CHUNK,
@@ -63,7 +63,7 @@ FILE_REASONS = ("binary", "empty", "unreadable", "symlink_loop", "hidden", "trun
 
 def print_to_stderr(message: str) -> None:
     """The default warning sink: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    stderr(f"warning: {message}")
 
 
 @dataclass

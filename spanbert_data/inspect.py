@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from spanbert_data.errors import DatasetError
 from spanbert_data.packing import record_batch_columns, rows_lower_bound
-from spanbert_data.shards import DatasetError, load_manifest, location, read_arrow_file, resolve_inside
+from spanbert_data.shards import load_manifest, location, read_arrow_file, resolve_inside
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 
 KIND_NAMES = ("mask", "random", "keep")

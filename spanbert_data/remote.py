@@ -16,14 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from spanbert_data.errors import DatasetError, RemoteError
-from spanbert_data.shards import MANIFEST
+from spanbert_data.files import json_object
+from spanbert_data.layout import MANIFEST
+from spanbert_data.progress import stderr
 
 RETRIES = 6  # attempts per operation: waits of 0.5, 1, 2, 4 and 8 s between them (15.5 s in all)
 BACKOFF = 0.5
@@ -32,10 +33,6 @@ CHUNK = 8 << 20  # bytes per read when streaming an object (one ranged GET each 
 
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> pip extra of spanbert
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InterruptedError)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_storage_options(text: str | None) -> dict:
@@ -64,7 +61,7 @@ def _permanent(e: BaseException) -> bool:
 class Remote:
     """A dataset prefix in object storage, e.g. s3://bucket/data/wiki (see the module docstring)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None, log: Callable[[str], None] = _stderr,
+    def __init__(self, url: str, storage_options: dict | None = None, log: Callable[[str], None] = stderr,
                  retries: int = RETRIES, backoff: float = BACKOFF):  # fmt: skip
         try:
             import fsspec.core
@@ -168,12 +165,7 @@ class Remote:
     def read_json(self, rel: str) -> dict | None:
         """Object `rel` parsed as a JSON object; None when missing or not a JSON object (a marker is never trusted
         unless it parses)."""
-        data = self.read_bytes(rel)
-        try:
-            value = json.loads(data) if data is not None else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        return value if isinstance(value, dict) else None
+        return json_object(self.read_bytes(rel))
 
     def is_empty(self) -> bool:
         """True when nothing exists under the prefix (a new dataset may be written there)."""

@@ -26,11 +26,10 @@ from pathlib import Path
 
 from spanbert_data.cache import default_cache_dir
 from spanbert_data.errors import BuildError, DatasetError
+from spanbert_data.files import atomic_path, atomic_write_bytes, json_object, read_json
+from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, MANIFEST, TOKENIZER_FILE
 from spanbert_data.remote import Remote, reason
-from spanbert_data.shards import FORMAT_NAME, MANIFEST, atomic_path, atomic_write_bytes
 
-BUILD_FILE = "build.json"
-TOKENIZER_FILE = "tokenizer.json"
 UPLOAD_THREADS = 4
 
 
@@ -60,13 +59,8 @@ class Mirror:
         mirror = cls(remote, work, log, owned=work_dir is None)
         previous = remote.read_bytes(BUILD_FILE)
         if previous is not None:
-            import json
-
-            try:
-                mirror.previous = json.loads(previous)
-            except (UnicodeDecodeError, ValueError):
-                mirror.previous = None
-            if not isinstance(mirror.previous, dict) or mirror.previous.get("format") != FORMAT_NAME:
+            mirror.previous = json_object(previous)
+            if mirror.previous is None or mirror.previous.get("format") != FORMAT_NAME:
                 raise BuildError(f"{remote / BUILD_FILE}: not a spanbert build file; choose another --out")
         elif not remote.is_empty():
             raise BuildError(f"{remote.url}: holds objects but no spanbert build; choose an empty or new --out")
@@ -157,7 +151,7 @@ class Mirror:
             if self.owned:
                 (self.work / plan.path).unlink(missing_ok=True)
             return marker
-        local = _read_json(self.work / plan.marker)
+        local = read_json(self.work / plan.marker)
         path = self.work / plan.path
         if local is not None and path.is_file() and path.stat().st_size == local.get("bytes"):
             self.publish([plan.path], plan.marker, drop=True)
@@ -187,15 +181,6 @@ class Mirror:
 def _vouches(marker: dict | None, unit) -> bool:
     return (marker is not None and marker.get("unit") == unit.key and marker.get("sources") == list(unit.files)
             and isinstance(marker.get("parts"), list))  # fmt: skip
-
-
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def default_work_dir(url: str) -> Path:

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from spanbert_data.blocks import make_blocks
 from spanbert_data.corpus import CorpusStats
-from spanbert_data.shards import atomic_write_json, sha256_file, write_arrow_file
+from spanbert_data.files import atomic_write_json, sha256_file
+from spanbert_data.shards import write_arrow_file
 from spanbert_data.tokenizer import WordPieceTokenizer
 from spanbert_data.units import Unit, unit_documents
 

@@ -28,6 +28,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from spanbert_data.errors import TokenizerError
+from spanbert_data.files import atomic_write_bytes
 
 # The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -229,9 +230,7 @@ class WordPieceTokenizer:
     def save(self, path) -> None:
         """Write `to_json()` to path atomically (temp file in the same directory, then os.replace).
 
-        A failed write (disk full, file size limit) raises `shards.DiskWriteError` naming the file."""
-        from spanbert_data.shards import atomic_write_bytes  # lazy: pyarrow is not needed to tokenize
-
+        A failed write (disk full, file size limit) raises `errors.DiskWriteError` naming the file."""
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
 

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from spanbert_data.shards import sha256_file
+from spanbert_data.files import sha256_file
 from spanbert_train.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from spanbert_data.errors import DatasetError
+from spanbert_data.files import HashCheck
 from spanbert_data.packing import record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
-from spanbert_data.shards import DatasetError, HashCheck, load_manifest, location, resolve_inside
+from spanbert_data.shards import load_manifest, location, resolve_inside
 from spanbert_train.config import ConfigError
 from spanbert_train.verify_ahead import VerifyAhead
 

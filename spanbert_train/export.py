@@ -36,7 +36,8 @@ from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
 from spanbert_data.errors import DatasetError, TokenizerError
-from spanbert_data.shards import is_url, load_manifest, location, sha256_file
+from spanbert_data.files import sha256_file
+from spanbert_data.shards import is_url, load_manifest, location
 from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from spanbert_train import __version__
 from spanbert_train.checkpoint import latest_good, read_meta

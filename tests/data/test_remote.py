@@ -11,8 +11,9 @@ import pytest
 
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
+from spanbert_data.errors import DatasetError
 from spanbert_data.remote import Remote, RemoteError
-from spanbert_data.shards import DatasetError, is_url, load_manifest, location, verify_dataset
+from spanbert_data.shards import is_url, load_manifest, location, verify_dataset
 from tests.faults.helpers import EXAMPLE, VOCAB, dataset_bytes
 
 
