@@ -31,7 +31,8 @@ from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
 from spanbert_data.shards import is_url
 from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
-from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
+from spanbert_data.unit_reader import iter_stream_units
+from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
 from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
 
 

@@ -30,7 +30,8 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
-from spanbert_data.units import Unit, unit_documents
+from spanbert_data.unit_reader import unit_documents
+from spanbert_data.units import Unit
 
 MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
