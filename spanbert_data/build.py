@@ -9,7 +9,6 @@ what is missing, and a finished build re-run is a no-op.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import socket
 import time
@@ -21,8 +20,8 @@ import numpy as np
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files
-from spanbert_data.errors import BuildError, CorpusError, ExecutorError
-from spanbert_data.executor import Executor, make_executor, prepare_task_process
+from spanbert_data.errors import BuildError, CorpusError
+from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
 from spanbert_data.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
 from spanbert_data.masking import replacement_cdf
@@ -33,7 +32,7 @@ from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 from spanbert_data.unit_reader import iter_stream_units
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
-from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
+from spanbert_data.vocab import train_vocabulary
 
 
 def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage_options: dict | None = None) -> dict:
@@ -203,57 +202,6 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: 
     return tokenizer  # the caller saves it, after build.json
 
 
-def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
-                     log: Callable[[str], None] = stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
-    unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed in
-    unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
-    lines, chars, words, the corpus reader's warnings)."""
-    started = time.perf_counter()
-    units = vocab_units(sources)
-    plan = sample_units(units, sample_bytes)
-    sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
-    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
-        f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
-    parts: dict[str, WordCounts] = {}
-    prefix = _task_prefix(root, "vocab")
-    _run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
-               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
-    ordered = [parts[u.key] for u, _ in plan]
-    counts = merge_counts(ordered)
-    tokenizer = train_from_counts(counts, vocab_size)
-    info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
-    info["words"] = len(counts)
-    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
-    log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
-        f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
-    return tokenizer, info
-
-
-def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
-                      scheduler: str | None = None, log: Callable[[str], None] = stderr,
-                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
-    so the result is the tokenizer `build` would train with the same options."""
-    corpus = Path(corpus)
-    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
-    sources = plan_sources(files, corpus, unit_bytes)
-    with make_executor(workers, scheduler, log) as executor:
-        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
-
-
-def vocab_units(sources: list[Source]) -> list[Unit]:
-    """The units the vocabulary sample is drawn from: pass 1's units, except that a compressed file that only
-    one reader can decompress ("stream") is one unit of its own, read from its start by one task."""
-    units: list[Unit] = []
-    for source in sources:
-        if source.kind == "stream":
-            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
-        else:
-            units.extend(source.units())
-    return units
-
-
 # ----------------------------------------------------------------------------------------------- tasks
 _WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
 
@@ -279,32 +227,10 @@ def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: st
     return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
 
 
-def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
-    if not root.exists():
-        raise BuildError(
-            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
-            "worker mounts at the same path (see README, Building on a cluster)"
-        )
-    prepare_task_process()
-    return count_unit_words(root, unit, char_budget)
-
-
 def _pass2_task(ctx: RowContext, plan) -> dict:
     _check_visible(ctx.out)
     prepare_task_process()
     return build_shard(ctx, plan)
-
-
-def _task_prefix(out: Path, phase: str) -> str:
-    """Dask keys must be unique on a shared cluster: the phase plus a hash of the output directory."""
-    return f"spanbert-{phase}-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:10]}"
-
-
-def _run_tasks(executor: Executor, fn, tasks: Iterator[tuple[str, tuple]], on_done) -> None:
-    try:
-        executor.run(fn, tasks, on_done)
-    except ExecutorError as e:
-        raise BuildError(str(e)) from None
 
 
 def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log,
@@ -315,7 +241,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
     order: list[str] = []
     estimate = sum(s.bytes * (COMPRESSION_RATIO if s.kind == "stream" else 1) for s in sources)
     progress = Progress("pass 1 (tokenize)", total=estimate, unit="B", log=log)
-    prefix = _task_prefix(out, "pass1")
+    prefix = task_prefix(out, "pass1")
     resumed = 0
 
     def tasks() -> Iterator[tuple[str, tuple]]:
@@ -352,7 +278,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
             (out / unit.work_file).unlink(missing_ok=True)
         progress.update(unit.bytes, tokens=marker["tokens"])
 
-    _run_tasks(executor, _pass1_task, tasks(), done)
+    run_tasks(executor, _pass1_task, tasks(), done)
     progress.close()
     if resumed:
         log(f"pass 1: {resumed} of {len(order)} units were already done")
@@ -394,7 +320,7 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=No
             todo.append(plan)
     progress = Progress("pass 2 (mask+pack)", total=sum(p.hi - p.lo for p in todo), unit="blocks", log=log)
     shared = executor.share(ctx) if todo else ctx
-    prefix = _task_prefix(ctx.out, "pass2")
+    prefix = task_prefix(ctx.out, "pass2")
 
     def done(key, args, marker):
         results[args[1].path] = marker
@@ -402,7 +328,7 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=No
             mirror.publish([args[1].path], args[1].marker, drop=True)
         progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
 
-    _run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
+    run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
     progress.close()
     return [results[p.path] for p in plans]
 

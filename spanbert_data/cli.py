@@ -127,7 +127,7 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 @user_errors
 def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
     """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
-    from spanbert_data.build import corpus_vocabulary
+    from spanbert_data.vocab import corpus_vocabulary
 
     if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
         raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
