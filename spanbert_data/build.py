@@ -22,12 +22,12 @@ from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files
 from spanbert_data.errors import BuildError, CorpusError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
-from spanbert_data.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from spanbert_data.files import atomic_write_bytes, atomic_write_json, sha256_file
 from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
 from spanbert_data.masking import replacement_cdf
+from spanbert_data.output import BuildOutput, open_output, remove_stale_temps
 from spanbert_data.progress import Progress, stderr
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
-from spanbert_data.shards import is_url
 from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 from spanbert_data.unit_reader import iter_stream_units
@@ -39,51 +39,41 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage
     """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input.
 
     `cfg.out` may be an fsspec URL (s3://, gs://, ...): the build then runs in a local staging directory and is
-    uploaded as it goes (spanbert_data/remote_build.py); `storage_options` reach the fsspec filesystem."""
+    uploaded as it goes (spanbert_data/output.py); `storage_options` reach the fsspec filesystem."""
     cfg.validate()
     started = time.perf_counter()
-    mirror = None
-    if is_url(cfg.out):
-        from spanbert_data.remote_build import Mirror
-
-        mirror = Mirror.open(cfg.out, cfg.work_dir, cfg.scheduler, storage_options, log)
+    output = open_output(cfg, storage_options, log)
     try:
-        out, root = (mirror.work if mirror else Path(cfg.out)), Path(cfg.corpus)
-        where = mirror.remote if mirror else out  # what messages name
-        previous = _claim_out_dir(out)
+        root = Path(cfg.corpus)
+        previous = output.claim()
         listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
         files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
         sources = plan_sources(files, root, cfg.unit_bytes)
         plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
-        if mirror is not None:  # the bucket is the truth; the staging directory follows it
-            previous = mirror.reconcile(previous, plan, _claim_out_dir)
+        previous = output.reconcile(previous, plan)  # a bucket is the truth; the staging directory follows it
         if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
                                                                                            plan["sources"]):
             raise BuildError(
-                f"{where / BUILD_FILE}: this directory holds a build with other options or another corpus; "
+                f"{output / BUILD_FILE}: this directory holds a build with other options or another corpus; "
                 "use a new --out (or delete the directory to start over)"
             )
-        manifest = None
-        if previous is not None:
-            manifest = mirror.finished() if mirror else read_json(out / MANIFEST)
+        manifest = output.finished() if previous is not None else None
         if manifest is not None:
-            log(f"{where}: build already complete ({manifest['blocks']} blocks); nothing to do")
-            if mirror is not None:
-                mirror.finish()
+            log(f"{output}: build already complete ({manifest['blocks']} blocks); nothing to do")
+            output.finish()
             return manifest
         with make_executor(cfg.workers, cfg.scheduler, log) as executor:
-            manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log, mirror)
-        if mirror is not None:
-            mirror.finish()
+            manifest = _build(cfg, output, root, files, sources, plan, previous, listing, executor, log)
+        output.finish()
     finally:
-        if mirror is not None:
-            mirror.close()
+        output.close()
     _summary(manifest, time.perf_counter() - started, log)
     return manifest
 
 
-def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
-           previous: dict | None, listing: CorpusStats, executor: Executor, log, mirror=None) -> dict:  # fmt: skip
+def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path], sources: list[Source], plan: dict,
+           previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
+    out = output.work
     tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
@@ -93,12 +83,11 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     # moment leaves a directory that the re-run recognises as its own (docs/RELIABILITY.md).
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
-    if mirror is not None:  # the same order in the bucket: build.json claims the prefix before anything else
-        mirror.put(BUILD_FILE)
-        mirror.put(TOKENIZER_FILE)
+    output.put(BUILD_FILE)  # the same order in a bucket: build.json claims the prefix before anything else
+    output.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, out, root, sources, executor, log, mirror)
+    markers = _pass1(cfg, output, root, sources, executor, log)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
@@ -119,7 +108,7 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
         special_ids=tokenizer.special_ids, id_dtype=tokenizer.id_dtype, masking=cfg.masking,
         seed=cfg.seed, max_seq_len=cfg.max_seq_len,
     )  # fmt: skip
-    shards = _pass2(cfg, ctx, executor, log, mirror)
+    shards = _pass2(cfg, ctx, output, executor, log)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -147,44 +136,11 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     }
     # A worker killed between writing a temp file and renaming it (its task ran again elsewhere) leaves the temp
     # behind: a complete dataset holds only its own files.
-    _remove_stale_temps(out)
+    remove_stale_temps(out)
     atomic_write_json(out / MANIFEST, manifest)
-    if mirror is not None:  # strictly last: its presence in the bucket means "complete"
-        mirror.drain()
-        mirror.put(MANIFEST)
+    output.drain()
+    output.put(MANIFEST)  # strictly last: its presence (in a bucket too) means "complete"
     return manifest
-
-
-def _claim_out_dir(out: Path) -> dict | None:
-    """Create `out`, or accept it if it holds our earlier build; refuse a directory holding anything else."""
-    build_file = out / BUILD_FILE
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"{out}: exists and is not a directory; choose another --out")
-    if build_file.is_file():
-        previous = read_json(build_file)
-        if previous is None or previous.get("format") != FORMAT_NAME:
-            raise BuildError(f"{build_file}: not a spanbert build file; choose another --out")
-        _remove_stale_temps(out)
-        return previous
-    leftovers = list(out.iterdir()) if out.is_dir() else []
-    if any(not _is_claim_temp(p) for p in leftovers):
-        raise BuildError(f"{out}: directory is not empty and holds no spanbert build; choose an empty or new --out")
-    for path in leftovers:  # only the temp file of a build.json whose writer was killed
-        path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _is_claim_temp(path: Path) -> bool:
-    return path.name.startswith(f".{BUILD_FILE}.") and path.name.endswith(".tmp") and path.is_file()
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete the hidden temp files (`.NAME.*.tmp`, see files.atomic_path) a killed run left in its folders."""
-    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
-        for tmp in folder.glob(".*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
 
 
 def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
@@ -233,9 +189,10 @@ def _pass2_task(ctx: RowContext, plan) -> dict:
     return build_shard(ctx, plan)
 
 
-def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log,
-           mirror=None) -> list[dict]:  # fmt: skip
+def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Source], executor: Executor,
+           log) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
+    out = output.work
     base = root if root.is_dir() else root.parent
     markers: dict[str, dict] = {}
     order: list[str] = []
@@ -253,11 +210,8 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
                 units = ((unit, None) for unit in source.units())
             for unit, piece in units:
                 order.append(unit.key)
-                marker = read_json(out / unit.marker)
-                if mirror is not None:  # the bucket decides (store parts it has are fetched for pass 2)
-                    marker = mirror.resume_unit(unit, marker, lambda m, u=unit: unit_is_complete(out, u, m))
-                elif not unit_is_complete(out, unit, marker):
-                    marker = None
+                # (a bucket decides for a URL --out: store parts it has are fetched for pass 2)
+                marker = output.resume_unit(unit, lambda m, u=unit: unit_is_complete(out, u, m))
                 if marker is not None:
                     markers[unit.key] = marker
                     resumed += 1
@@ -270,8 +224,7 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
     def done(key, args, marker) -> None:
         unit = args[2]
         markers[unit.key] = marker
-        if mirror is not None:
-            mirror.publish([p["path"] for p in marker["parts"]], unit.marker)
+        output.publish([p["path"] for p in marker["parts"]], unit.marker)
         for w in marker["warnings"]:
             log(f"warning: {w}")
         if unit.kind == "stream":
@@ -302,18 +255,13 @@ def _count_split_files(sources: list[Source], markers: list[dict], corpus: Corpu
             corpus.skip("no_text")
 
 
-def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=None) -> list[dict]:
+def _pass2(cfg: BuildConfig, ctx: RowContext, output: BuildOutput, executor: Executor, log) -> list[dict]:
     plans = plan_shards(len(ctx.split_blocks["train"]), len(ctx.split_blocks["valid"]), cfg.mask_epochs,
                         cfg.rows_per_shard)  # fmt: skip
     results: dict[str, dict] = {}
     todo = []
     for plan in plans:
-        marker = read_json(ctx.out / plan.marker)
-        path = ctx.out / plan.path
-        if mirror is not None:
-            marker = mirror.resume_shard(plan)  # in the bucket, or finished here and now uploaded
-        elif not (marker and path.is_file() and path.stat().st_size == marker.get("bytes")):
-            marker = None
+        marker = output.resume_shard(plan)  # (for a URL --out: in the bucket, or finished here and now uploaded)
         if marker is not None:
             results[plan.path] = marker
         else:
@@ -324,8 +272,8 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=No
 
     def done(key, args, marker):
         results[args[1].path] = marker
-        if mirror is not None:  # uploaded, then deleted here: the staging directory keeps only the token store
-            mirror.publish([args[1].path], args[1].marker, drop=True)
+        # (for a URL --out: uploaded, then deleted here: the staging directory keeps only the token store)
+        output.publish([args[1].path], args[1].marker, drop=True)
         progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
 
     run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)

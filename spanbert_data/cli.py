@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from spanbert_data.errors import BuildError, CorpusError, DatasetError, TokenizerError
+from spanbert_data.location import Location, is_url
 
 USER_ERRORS = (CorpusError, DatasetError, TokenizerError, BuildError)
 
@@ -98,8 +99,6 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
-    from spanbert_data.shards import is_url
-
     out = out if is_url(out) else Path(out)
     cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
                       vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers, scheduler=scheduler,
@@ -149,9 +148,9 @@ def verify(dataset, storage_options):
     """Re-hash every file of a dataset (a directory or a URL) against its manifest; exit 1 naming each bad one.
 
     Objects in a bucket are streamed through the hash, nothing is written to disk."""
-    from spanbert_data.shards import load_manifest, location, manifest_files, verify_dataset
+    from spanbert_data.shards import load_manifest, manifest_files, verify_dataset
 
-    dataset = location(dataset, storage_options)
+    dataset = Location.of(dataset, storage_options)
     problems = verify_dataset(dataset)
     for p in problems:
         click.echo(f"bad: {p}", err=True)
@@ -173,9 +172,7 @@ def verify(dataset, storage_options):
 def inspect(dataset, as_json, examples, split, cache_dir, storage_options):
     """Counts, length and span histograms, and decoded examples with the masked spans marked (a directory or a URL)."""
     from spanbert_data.inspect import dataset_stats, show_examples
-    from spanbert_data.shards import location
-
-    dataset = location(dataset, storage_options)
+    dataset = Location.of(dataset, storage_options)
     if cache_dir is not None:
         os.environ["SPANBERT_CACHE"] = str(cache_dir)
     stats = dataset_stats(dataset, split=split)

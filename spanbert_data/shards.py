@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +13,7 @@ import pyarrow as pa
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import atomic_path, sha256_file
 from spanbert_data.layout import FORMAT_NAME, MANIFEST, READABLE_VERSIONS
+from spanbert_data.location import Location
 
 
 def write_arrow_file(path: str | os.PathLike, batch: pa.RecordBatch) -> dict:
@@ -41,59 +42,21 @@ def read_arrow_file(path: str | os.PathLike) -> pa.RecordBatch:
         raise DatasetError(f"{path}: not a readable Arrow file ({e}); run `spanbert-data verify` and rebuild") from None
 
 
-def resolve_inside(root: str | os.PathLike, rel: str) -> Path:
-    """Join a manifest path to the dataset root, refusing absolute paths and paths that leave the root."""
-    root = Path(root).resolve()
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
-        raise DatasetError(f"{root / MANIFEST}: invalid shard path {rel!r} (must be relative, inside the dataset)")
-    full = (root / rel).resolve()
-    if full != root and root not in full.parents:
-        raise DatasetError(f"{root / MANIFEST}: shard path {rel!r} leaves the dataset directory; refusing it")
-    return full
-
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(path) -> bool:
-    """True for an fsspec URL (s3://, gs://, ...) other than file://; local paths never go through fsspec."""
-    return isinstance(path, str) and bool(_URL.match(path)) and not path.lower().startswith("file://")
-
-
-def location(path, storage_options: dict | None = None):
-    """Where a dataset lives: a `spanbert_data.remote.Remote` for a URL (fsspec is imported only then), else a
-    local Path (a file:// URL is a local path)."""
-    if type(path).__name__ == "Remote":
-        return path
-    if is_url(path):
-        from spanbert_data.remote import Remote
-
-        return Remote(path, storage_options)
-    if isinstance(path, str) and path.lower().startswith("file://"):
-        path = path[len("file://") :]
-    return Path(path)
-
-
 def load_manifest(root) -> dict:
-    """Read and validate `manifest.json` of a dataset directory or URL (format, version, paths)."""
-    root = location(root)
-    if not isinstance(root, Path):  # object storage
-        text = root.read_bytes(MANIFEST)
-        if text is None:
+    """Read and validate `manifest.json` of a dataset (a directory, a URL or a Location): format, version, paths."""
+    root = Location.of(root)
+    text = root.read_bytes(MANIFEST)
+    if text is None:
+        if root.remote is not None:
             raise DatasetError(f"{root / MANIFEST}: missing — no dataset there, or its build is incomplete; "
                                "run (or re-run) `spanbert-data build` with that --out")  # fmt: skip
-        manifest = _parse_manifest(text, root / MANIFEST)
-        for entry in manifest_files(manifest):
-            root.path(entry["path"])
-        return manifest
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing — the build is incomplete; re-run `spanbert-data build` to finish it")
-    manifest = _parse_manifest(path.read_bytes(), path)
+        if not root.local.is_dir():
+            raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
+        raise DatasetError(f"{root / MANIFEST}: missing — the build is incomplete; re-run `spanbert-data build` to "
+                           "finish it")  # fmt: skip
+    manifest = _parse_manifest(text, root / MANIFEST)
     for entry in manifest_files(manifest):
-        resolve_inside(root, entry["path"])
+        root.check(entry["path"])
     return manifest
 
 
@@ -124,28 +87,12 @@ def manifest_files(manifest: dict) -> list[dict]:
 def verify_dataset(root, threads: int = 8) -> list[str]:
     """Re-hash every file the manifest lists; return one problem line per bad file (empty when all are good).
 
-    A dataset in object storage is verified by streaming every object through the hash (`threads` at a time);
-    nothing is written to disk."""
-    root = location(root)
+    Nothing is written: local files are hashed one after the other, objects in a bucket are streamed through the
+    hash `threads` at a time."""
+    root = Location.of(root)
     manifest = load_manifest(root)
-    problems = []
     tok = manifest["tokenizer"]
     checks = [*manifest_files(manifest), {"path": tok["file"], "sha256": tok["sha256"], "bytes": None}]
-    if not isinstance(root, Path):
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            found = pool.map(lambda e: root.problem(e["path"], e.get("bytes"), e["sha256"]), checks)
-            return [p for p in found if p is not None]
-    for entry in checks:
-        path = resolve_inside(root, entry["path"])
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        size = path.stat().st_size
-        if entry.get("bytes") is not None and size != entry["bytes"]:
-            problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
-            continue
-        if sha256_file(path) != entry["sha256"]:
-            problems.append(f"{path}: content hash differs from the manifest (corrupt)")
-    return problems
+    with ThreadPoolExecutor(threads if root.remote is not None else 1) as pool:
+        found = pool.map(lambda e: root.problem(e["path"], e.get("bytes"), e["sha256"]), checks)
+        return [p for p in found if p is not None]

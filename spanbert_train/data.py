@@ -25,9 +25,10 @@ import pyarrow as pa
 
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import HashCheck
+from spanbert_data.location import Location, resolve_inside
 from spanbert_data.packing import record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
-from spanbert_data.shards import load_manifest, location, resolve_inside
+from spanbert_data.shards import load_manifest
 from spanbert_train.config import ConfigError
 from spanbert_train.verify_ahead import VerifyAhead
 
@@ -110,10 +111,10 @@ class Dataset:
     (lazily, see Shard); 'size' trusts the storage and skips it. Rows are structurally checked either way."""
 
     def __init__(self, root, verify: str = "sha256", storage=None):
-        """`root`: a dataset directory, or a URL / `spanbert_data.remote.Remote` of one in object storage, whose
-        shards are downloaded into a local cache ahead of need (`storage`: a spanbert_train.remote_data.Storage,
+        """`root`: a dataset directory, or a URL (or a `spanbert_data.location.Location`) of one in object storage,
+        whose shards are downloaded into a local cache ahead of need (`storage`: a spanbert_train.remote_data.Storage,
         default: the default cache directory and limit)."""
-        self.root = location(root, storage.options if storage is not None else None)
+        self.root = Location.of(root, storage.options if storage is not None else None)
         self.manifest = load_manifest(self.root)
         self.cache = None  # the ShardCache of a remote dataset
         m = self.manifest
@@ -126,8 +127,8 @@ class Dataset:
             valid = m["shards"].get("valid", [])
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{self.root / 'manifest.json'}: missing or invalid field {e}; rebuild") from None
-        if isinstance(self.root, Path):
-            shard = functools.partial(Shard, self.root, max_seq_len=self.max_seq_len, verify=verify,
+        if self.root.local is not None:  # memory-mapped where they are
+            shard = functools.partial(Shard, self.root.local, max_seq_len=self.max_seq_len, verify=verify,
                                       vocab_size=self.vocab_size)  # fmt: skip
         else:  # object storage: shards open lazily, once downloaded and verified (spanbert_train.remote_data)
             from spanbert_train.remote_data import remote_shards

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from spanbert_data.shards import is_url
+from spanbert_data.location import is_url
 from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, RowSource, to_batch
 from spanbert_train.dist import setup_distributed
@@ -64,17 +64,14 @@ def word_start_table(dataset: Dataset) -> np.ndarray:
     from tokenizers import Tokenizer
 
     name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
-    path = dataset.root / name
     try:
-        if isinstance(dataset.root, Path):
-            tok = Tokenizer.from_file(str(path))
-        else:  # a dataset in object storage (spanbert_data.remote.Remote)
-            text = dataset.root.read_bytes(name)
-            if text is None:
-                raise ValueError("not found")
-            tok = Tokenizer.from_str(text.decode("utf-8"))
+        text = dataset.root.read_bytes(name)
+        if text is None:
+            raise ValueError("not found")
+        tok = Tokenizer.from_str(text.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception
-        raise ConfigError(f"{path}: cannot read the dataset's tokenizer ({e}); run `spanbert-data verify`") from None
+        raise ConfigError(f"{dataset.root / name}: cannot read the dataset's tokenizer ({e}); "
+                          "run `spanbert-data verify`") from None
     prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
     table = np.ones(dataset.vocab_size, dtype=bool)
     ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t.startswith(prefix) and i < len(table)]

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from spanbert_data.shards import is_url
+from spanbert_data.location import is_url
 from spanbert_train.checkpoint import (
     latest_good,
     list_checkpoints,

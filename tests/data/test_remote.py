@@ -12,16 +12,17 @@ import pytest
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
 from spanbert_data.errors import DatasetError
+from spanbert_data.location import Location, is_url
 from spanbert_data.remote import Remote, RemoteError
-from spanbert_data.shards import is_url, load_manifest, location, verify_dataset
+from spanbert_data.shards import load_manifest, verify_dataset
 from tests.faults.helpers import EXAMPLE, VOCAB, dataset_bytes
 
 
 def test_only_urls_go_through_fsspec():
     assert is_url("s3://bucket/ds") and is_url("gs://b/x") and is_url("memory://x")
     assert not is_url("data/wiki") and not is_url("/abs/path") and not is_url(Path("s3:/x"))
-    assert not is_url("file:///tmp/ds") and location("file:///tmp/ds") == Path("/tmp/ds")
-    assert isinstance(location("data/wiki"), Path)
+    assert not is_url("file:///tmp/ds") and Location.of("file:///tmp/ds").local == Path("/tmp/ds")
+    assert Location.of("data/wiki").local == Path("data/wiki")
 
 
 def test_names_that_leave_the_prefix_are_refused():
