@@ -43,7 +43,8 @@ from spanbert_data.packing import record_batch_columns, rows_to_record_batch  # 
 from spanbert_data.rowcheck import first_bad_row  # noqa: E402
 from spanbert_data.shards import load_manifest, read_arrow_file, write_arrow_file  # noqa: E402
 from spanbert_train.batch import make_batch  # noqa: E402
-from spanbert_train.data import LIST_COLUMNS, Dataset, TrainLoader, epoch_order  # noqa: E402
+from spanbert_train.data import Dataset, TrainLoader, epoch_order  # noqa: E402
+from spanbert_train.shard import LIST_COLUMNS  # noqa: E402
 
 
 def build_example(out: Path) -> Path:

@@ -152,7 +152,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return found
 
 
-def _checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
+def checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
     """The ModelConfig a checkpoint was trained with, from its meta.json."""
     known = {f.name for f in fields(ModelConfig)}
     if isinstance(meta.get("model_config"), dict):
@@ -191,7 +191,7 @@ def _export(ckpt: Path, meta: dict, manifest: dict, tokenizer_file: Path, datase
     trained_with = meta.get("tokenizer_sha256")
     if trained_with and trained_with != manifest["tokenizer"].get("sha256"):
         raise ExportError(f"{dataset}: its tokenizer is not the one the run was trained with; pass the run's --data")
-    cfg = _checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
+    cfg = checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
     model = SpanBertForPreTraining(cfg, kernels="reference", attention="sdpa")
     try:
         load_model(model, str(ckpt / WEIGHTS), strict=True)

@@ -34,7 +34,7 @@ import numpy as np
 from spanbert_data.cache import GB, CacheClosed, CacheItem, ShardCache, choose_limit, default_cache_dir
 from spanbert_data.errors import DatasetError
 from spanbert_data.location import Location
-from spanbert_train.data import RowSource, Shard
+from spanbert_train.shard import RowSource, Shard
 from spanbert_train.verify_ahead import VerifyAhead
 
 

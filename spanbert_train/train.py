@@ -38,9 +38,11 @@ from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
 from spanbert_train.dist import raise_on_every_rank, setup_distributed
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
 from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
+from spanbert_train.export import load_hf_weights, model_config_from_hf
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
+from spanbert_train.remote_data import Storage
 
 
 def seed_everything(seed: int) -> None:
@@ -67,8 +69,6 @@ def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
         )
     try:
         if cfg.model.init_from:  # the checkpoint's architecture, not the preset's (issue 6)
-            from spanbert_train.export import model_config_from_hf
-
             mc = model_config_from_hf(cfg.model.init_from, **overrides)
             if mc.vocab_size != dataset.vocab_size:
                 raise ConfigError(
@@ -111,8 +111,6 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         storage = None
         if is_url(cfg.data.path):  # object storage: shards through a local cache (spanbert_train.remote_data)
-            from spanbert_train.remote_data import Storage
-
             storage = Storage.from_config(cfg.data)
         self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify, storage=storage)
         check_batch_geometry(self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
@@ -124,8 +122,6 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"kernels: {e}") from None
         if cfg.model.init_from:  # a resumed run overwrites these weights from its checkpoint below
-            from spanbert_train.export import load_hf_weights
-
             try:
                 self.say(str(load_hf_weights(self.model, cfg.model.init_from, self.dataset.vocab_size)))
             except ValueError as e:

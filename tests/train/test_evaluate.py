@@ -15,7 +15,7 @@ import torch
 
 from spanbert_train.cli import main
 from spanbert_train.config import DataConfig, ModelSpec, OptimConfig, TrainConfig
-from spanbert_train.data import Dataset, RowSource
+from spanbert_train.data import Dataset
 from spanbert_train.evaluate import (
     SPAN_WORD_BUCKETS,
     Sums,
@@ -25,6 +25,7 @@ from spanbert_train.evaluate import (
     word_start_table,
 )
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
+from spanbert_train.shard import RowSource
 from spanbert_train.train import train
 from tests.train.dataset_fixture import make_dataset
 

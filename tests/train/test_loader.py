@@ -10,7 +10,8 @@ import pytest
 
 from spanbert_data.errors import DatasetError
 from spanbert_train.config import ConfigError
-from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order
+from spanbert_train.data import Dataset, TrainLoader, epoch_order
+from spanbert_train.shard import LIST_COLUMNS, RowSource
 from tests.train.dataset_fixture import make_dataset, rewrite_manifest
 
 
