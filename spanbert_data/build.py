@@ -19,14 +19,15 @@ import numpy as np
 
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusStats, list_corpus_files
-from spanbert_data.errors import BuildError, CorpusError
+from spanbert_data.corpus import CorpusStats, describe_skipped, list_corpus_files, require_documents
+from spanbert_data.errors import BuildError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
 from spanbert_data.files import atomic_write_bytes, atomic_write_json, sha256_file
 from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.output import BuildOutput, open_output, remove_stale_temps
 from spanbert_data.progress import Progress, stderr
+from spanbert_data.rng import splitmix64
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
 from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
@@ -92,8 +93,7 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
     _count_split_files(sources, markers, corpus, log)
-    if corpus.documents == 0:
-        raise CorpusError(f"no readable text under {root}: {_skips(corpus)}; nothing to build")
+    require_documents(root, corpus)
     parts = [p for m in markers for p in m["parts"]]
     store = TokenStore(out, parts)
     is_valid = _held_out_blocks(store, markers, cfg)
@@ -282,23 +282,14 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, output: BuildOutput, executor: Exe
 
 
 # ----------------------------------------------------------------------------------------------- held-out
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic is the point: overflow is not an error)."""
-    with np.errstate(over="ignore"):
-        x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -> np.ndarray:
     """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
     per_part = [(m["source"], m["sub"]) for m in markers for _ in m["parts"]]
-    salt = _mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
+    salt = splitmix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
     hashes = []
     for docs, (source, sub) in zip(store.docs, per_part, strict=True):
-        unit = _mix64(_mix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
-        hashes.append(_mix64(unit ^ docs.astype(np.uint64)))
+        unit = splitmix64(splitmix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
+        hashes.append(splitmix64(unit ^ docs.astype(np.uint64)))
     h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     valid = u < cfg.valid_fraction
@@ -309,12 +300,6 @@ def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-def _skips(corpus: CorpusStats) -> str:
-    if not corpus.skipped:
-        return "nothing skipped"
-    return ", ".join(f"{k}: {v}" for k, v in sorted(corpus.skipped.items()))
-
-
 def _summary(manifest: dict, seconds: float, log) -> None:
     c = manifest["corpus"]
     train = [s for s in manifest["shards"]["train"] if s["epoch"] == 0]
@@ -323,8 +308,8 @@ def _summary(manifest: dict, seconds: float, log) -> None:
     tokens = sum(s["tokens"] for s in train)
     log(
         f"built in {seconds:.1f}s: {c['files']} files, {c['documents']} documents, {c['lines']} lines, "
-        f"{c['bytes'] / 1e6:.1f} MB ({c['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); skipped: "
-        f"{', '.join(f'{k} {v}' for k, v in sorted(c['skipped'].items())) or 'nothing'}; "
+        f"{c['bytes'] / 1e6:.1f} MB ({c['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); "
+        f"{describe_skipped(CorpusStats.from_dict(c))}; "
         f"replaced characters: {c['replaced_chars']}"
     )
     log(

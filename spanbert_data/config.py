@@ -1,14 +1,103 @@
-"""The build's options, one dataclass, defaults reproducing SPEC.md."""
+"""The build's options: `BuildConfig` and its `MaskingConfig`, defaults reproducing SPEC.md. Each field's
+docstring is also its help in `spanbert-data` (cli.py reads them with `field_docs`)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from spanbert_data.masking import MaskingConfig
-
 MiB = 1 << 20
+SCHEMES = ("span", "subword", "whole-word")
+REPLACEMENTS = ("unigram", "uniform")
+# SPEC §3: SBO targets for the first 15 tokens of a merged span, k = 0..14; the shard column sbo_offsets
+# (docs/FORMAT.md), the row checks and the model's position table hold no more.
+SBO_OFFSETS = 15
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The doc of every field of a config dataclass: the string literal under it, as one line."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """How blocks are masked; the defaults are SpanBERT's (SPEC §2, §3)."""
+
+    scheme: str = "span"
+    """Masking scheme: SpanBERT's geometric spans of whole words ("span"), or the paper's baselines "subword" and
+    "whole-word"."""
+    mask_ratio: float = 0.15
+    """Fraction of content tokens masked per block: exactly ceil(mask_ratio * n) tokens."""
+    geometric_p: float = 0.2
+    """p of the span length in words, Geometric(p) clipped to 1..max_span_words."""
+    max_span_words: int = 10
+    """Longest span, in words."""
+    max_sbo_offset: int = SBO_OFFSETS
+    """How many tokens of a merged span get SBO targets, from its start (k = 0 .. max_sbo_offset - 1; a count, named
+    so in the manifest); at most SBO_OFFSETS, 0 = none."""
+    mask_token_prob: float = 0.8
+    """A decision unit becomes all-[MASK] with this probability ..."""
+    random_token_prob: float = 0.1
+    """... or all random tokens with this one; the rest is kept unchanged."""
+    replacement: str = "unigram"
+    """Distribution of the random replacements: the corpus unigram counts, or uniform over the vocabulary."""
+
+    def __post_init__(self) -> None:
+        self.validate()  # refuse a bad value where it is set, not in pass 2 of a build
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending field and the rule it breaks."""
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"masking.scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.replacement not in REPLACEMENTS:
+            raise ValueError(f"masking.replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+        if not 0.0 < self.mask_ratio <= 1.0:
+            raise ValueError(f"masking.mask_ratio must be in (0, 1], got {self.mask_ratio}")
+        if not 0.0 < self.geometric_p <= 1.0:
+            raise ValueError(f"masking.geometric_p must be in (0, 1], got {self.geometric_p}")
+        if not isinstance(self.max_span_words, int) or self.max_span_words < 1:
+            raise ValueError(f"masking.max_span_words must be an integer >= 1, got {self.max_span_words!r}")
+        if not isinstance(self.max_sbo_offset, int) or not 0 <= self.max_sbo_offset <= SBO_OFFSETS:
+            # The shard format and the SBO head's position table hold k in 0..14 (SPEC §3, docs/FORMAT.md);
+            # 0 disables SBO targets.
+            raise ValueError(
+                f"masking.max_sbo_offset must be an integer in 0..{SBO_OFFSETS} (SBO targets only for the first "
+                f"{SBO_OFFSETS} tokens of a span, SPEC §3), got {self.max_sbo_offset!r}"
+            )
+        for name in ("mask_token_prob", "random_token_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"masking.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_token_prob + self.random_token_prob > 1.0 + 1e-12:
+            raise ValueError(
+                "masking.mask_token_prob + masking.random_token_prob must be <= 1 (the rest is kept unchanged), "
+                f"got {self.mask_token_prob} + {self.random_token_prob}"
+            )
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field (for manifests and logs)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MaskingConfig:
+        """Inverse of to_dict; unknown keys are an error (a typo must not silently use a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown masking option(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
 
 
 @dataclass

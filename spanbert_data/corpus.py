@@ -113,15 +113,17 @@ class CorpusStats:
 
 
 def describe_skipped(stats: CorpusStats) -> str:
-    """'3 files skipped (binary: 2, empty: 1)', plus the item-level reasons if any."""
+    """What reading skipped, for messages and the build's summary: '3 files skipped (binary: 2, empty: 1)', then
+    the item-level reasons ('skipped redirect: 4'), or 'nothing skipped'."""
     per_file = {r: n for r, n in sorted(stats.skipped.items()) if r in FILE_REASONS}
     items = {r: n for r, n in sorted(stats.skipped.items()) if r not in FILE_REASONS}
-    text = f"{sum(per_file.values())} files skipped"
+    parts = []
     if per_file:
-        text += " (" + ", ".join(f"{r}: {n}" for r, n in per_file.items()) + ")"
+        parts.append(f"{sum(per_file.values())} files skipped (" + ", ".join(f"{r}: {n}" for r, n in per_file.items())
+                     + ")")  # fmt: skip
     if items:
-        text += "; also skipped " + ", ".join(f"{r}: {n}" for r, n in items.items())
-    return text
+        parts.append("skipped " + ", ".join(f"{r}: {n}" for r, n in items.items()))
+    return "; also ".join(parts) or "nothing skipped"
 
 
 def require_documents(root: str | Path, stats: CorpusStats) -> None:

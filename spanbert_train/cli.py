@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from spanbert_data.config import field_docs
 from spanbert_data.errors import DatasetError
 from spanbert_train.config import (
     KERNEL_CHOICES,
@@ -26,7 +27,6 @@ from spanbert_train.config import (
     ModelSpec,
     OptimConfig,
     TrainConfig,
-    field_docs,
     from_dict,
     load_config_file,
     parse_override,

@@ -233,20 +233,6 @@ def _choice(obj, name: str, choices: tuple[str, ...], prefix: str = "") -> None:
         raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices)} (got {getattr(obj, name)!r})")
 
 
-def field_docs(cls) -> dict[str, str]:
-    """The one-line doc of every field of a config dataclass (the string literal under it)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)
-    return docs
-
-
 # ----------------------------------------------------------------------------------------------
 # Building a TrainConfig from nested dicts (config files, checkpoints) with field-named errors.
 

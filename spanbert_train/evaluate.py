@@ -36,6 +36,7 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
 from spanbert_data.location import is_url
+from spanbert_data.tokenizer import CONTINUATION, word_start_table
 from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, to_batch
 from spanbert_train.dist import setup_distributed
@@ -68,7 +69,7 @@ def bucket_label(i: int) -> str:
     return str(i + 1) if i + 1 < SPAN_WORD_BUCKETS else f">={SPAN_WORD_BUCKETS}"
 
 
-def word_start_table(dataset: Dataset) -> np.ndarray:
+def dataset_word_starts(dataset: Dataset) -> np.ndarray:
     """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
     name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
     try:
@@ -79,11 +80,8 @@ def word_start_table(dataset: Dataset) -> np.ndarray:
     except Exception as e:  # tokenizers raises a bare Exception
         raise ConfigError(f"{dataset.root / name}: cannot read the dataset's tokenizer ({e}); "
                           "run `spanbert-data verify`") from None
-    prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
-    table = np.ones(dataset.vocab_size, dtype=bool)
-    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t.startswith(prefix) and i < len(table)]
-    table[ids] = False
-    return table
+    prefix = getattr(tok.model, "continuing_subword_prefix", None) or CONTINUATION
+    return word_start_table(tok.get_vocab(with_added_tokens=True), prefix, size=dataset.vocab_size)
 
 
 def unigram_entropy(manifest: dict) -> float | None:
@@ -199,7 +197,7 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     if source is None or len(source) == 0:
         return None
     device = device or next(model.parameters()).device
-    word_start = word_start if word_start is not None else word_start_table(dataset)
+    word_start = word_start if word_start is not None else dataset_word_starts(dataset)
     rows = eval_rows(len(source), max_rows)
     mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
     was_training = model.training

@@ -37,7 +37,7 @@ from spanbert_train.config import TrainConfig
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
 from spanbert_train.dist import raise_on_every_rank, setup_distributed
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
-from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
+from spanbert_train.evaluate import dataset_word_starts, evaluate_model, unigram_entropy
 from spanbert_train.export import load_hf_weights, model_config_from_hf
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
@@ -263,7 +263,7 @@ class Trainer:
         if not self.dataset.valid:
             return None
         if self._word_start is None:
-            self._word_start = word_start_table(self.dataset)
+            self._word_start = dataset_word_starts(self.dataset)
         result = evaluate_model(
             self.model, self.dataset, split="valid", max_rows=self.cfg.eval_rows,
             micro_batch=self.cfg.data.micro_batch, rank=self.dist.rank, world=self.dist.world, device=self.device,
