@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 MiB = 1 << 20
+# Who computes token ids (tokenizer.py): "auto": the compiled encoder where it reproduces the tokenizer exactly,
+# else `tokenizers`; "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
+ENCODERS = ("auto", "fast", "hf")
 SCHEMES = ("span", "subword", "whole-word")
 REPLACEMENTS = ("unigram", "uniform")
 # SPEC §3: SBO targets for the first 15 tokens of a merged span, k = 0..14; the shard column sbo_offsets
@@ -103,46 +106,49 @@ class MaskingConfig:
 @dataclass
 class BuildConfig:
     corpus: Path
-    """A corpus file or a directory walked recursively in sorted order."""
+    """Corpus file or directory (walked recursively in sorted order): plain text, WikiExtractor, JSONL or MediaWiki
+    XML; .gz/.bz2/.xz/.zst."""
     out: Path | str
-    """The dataset directory to write (created; resumed when it holds an earlier build with the same options), or
-    an fsspec URL (s3://bucket/prefix, gs://...): built in `work_dir` and uploaded (spanbert_data/remote_build.py)."""
+    """Dataset directory to write or resume (one holding an earlier build with the same options), or a URL:
+    s3://BUCKET/PREFIX, gs://…, any fsspec URL (built in `work_dir` and uploaded, spanbert_data/output.py)."""
     tokenizer: Path | None = None
-    """A HF tokenizer.json or a BERT vocab.txt; None trains a cased WordPiece on the corpus first (SPEC §1)."""
+    """HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus, SPEC §1)."""
     vocab_size: int = 28996
-    """Size of the vocabulary trained when no tokenizer is given (BERT-cased size)."""
+    """Vocabulary size when training one (BERT-cased size)."""
     vocab_sample_bytes: int = 1024 * MiB
-    """The vocabulary is trained on about this many bytes of input units (docs/FORMAT.md); 0 = the whole corpus."""
+    """Train the vocabulary on about this much of the input (whole units chosen by hash, docs/FORMAT.md); 0 = all
+    of it."""
     workers: int = 1
-    """Worker processes (or, with `scheduler="local"`, Dask workers); the bytes written never depend on it."""
+    """Worker processes (or, with the scheduler 'local', Dask workers); the bytes written never depend on it."""
     scheduler: str | None = None
-    """None: this machine (`workers` processes). "local": a Dask LocalCluster of `workers` processes.
-    "tcp://HOST:8786": an existing Dask cluster whose workers share the output filesystem."""
+    """Run on Dask: tcp://HOST:8786 (an existing cluster whose workers share the output filesystem) or 'local' (a
+    LocalCluster of `workers` processes); needs spanbert[dask]. Default: this machine."""
     encoder: str = "auto"
-    """Who computes token ids: auto (the compiled WordPiece encoder where it applies), fast or hf
-    (HF `tokenizers`); the ids, so the bytes written, never depend on it."""
+    """Token ids from the compiled WordPiece encoder (fast; auto = where it applies) or from HF tokenizers (hf);
+    the ids, so the bytes written, never depend on it."""
     max_seq_len: int = 512
     """Slots per training row; blocks hold at most max_seq_len - 2 content tokens (SPEC §1)."""
     seed: int = 12345
-    """Seed of the masks (SPEC §2) and of the held-out document choice."""
+    """Seed of the masks (SPEC §2) and of the held-out documents."""
     mask_epochs: int = 1
-    """How many different maskings of every block to write (epoch-0 .. epoch-K-1)."""
+    """Different maskings of every block to write (epoch-0 .. epoch-K-1)."""
     valid_fraction: float = 0.01
     """Fraction of documents held out for evaluation (valid/, mask epoch 0); 0 disables it."""
     rows_per_shard: int = 65536
-    """Upper bound of rows per training shard (about 100 MB at 512 slots)."""
+    """At most this many rows per training shard (about 100 MB at 512 slots)."""
     unit_bytes: int = 64 * MiB
-    """Input files are grouped, in order, into units of about this many bytes (pass 1's unit of work)."""
+    """Input is processed in units of about this size: small files grouped in order, large ones cut (pass 1's unit
+    of work)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """The masking scheme and its parameters (SPEC §2)."""
     work_dir: Path | None = None
-    """Staging directory of a build to a URL (default: under the cache directory, keyed by the URL)."""
+    """With a URL `out`: the local staging directory (default: under ~/.cache/spanbert, by URL)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule it breaks."""
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        if self.encoder not in ("auto", "fast", "hf"):
+        if self.encoder not in ENCODERS:
             raise ValueError("encoder must be auto, fast or hf")
         if not 8 <= self.max_seq_len <= 65535:
             raise ValueError("max_seq_len must be between 8 and 65535")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from spanbert_data.config import ENCODERS
 from spanbert_data.errors import TokenizerError
 from spanbert_data.files import atomic_write_bytes
 from spanbert_data.wordpiece import FastWordPiece
@@ -41,10 +42,6 @@ MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer w
 # enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
 _ENCODE_CHUNK_LINES = 8192
 _FAST_CHUNK_LINES = 1 << 16  # the compiled encoder's batch: a few MB of text, all threads busy
-
-# "auto": the compiled encoder where it reproduces the tokenizer exactly, else `tokenizers`;
-# "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
-ENCODERS = ("auto", "fast", "hf")
 
 _get_ids = attrgetter("ids")
 _pool_started = False  # set by the first encode; RAYON_NUM_THREADS is read only then
