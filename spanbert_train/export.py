@@ -34,12 +34,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
+from spanbert_data import __version__
 from spanbert_data.errors import DatasetError, TokenizerError
 from spanbert_data.layout import MANIFEST
 from spanbert_data.location import Location
 from spanbert_data.shards import load_manifest
 from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
-from spanbert_train import __version__
 from spanbert_train.checkpoint import latest_good, read_meta
 from spanbert_train.errors import CheckpointError, ExportError
 from spanbert_train.heads import SpanBoundaryHead
