@@ -11,9 +11,9 @@ import pytest
 
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
-from spanbert_data.errors import DatasetError
+from spanbert_data.errors import DatasetError, RemoteError
 from spanbert_data.location import Location, is_url
-from spanbert_data.remote import Remote, RemoteError
+from spanbert_data.remote import Remote
 from spanbert_data.shards import load_manifest, verify_dataset
 from tests.faults.helpers import EXAMPLE, VOCAB, dataset_bytes
 
@@ -84,7 +84,7 @@ def test_build_verify_and_train_through_memory_filesystem(tmp_path, monkeypatch)
 def test_a_named_work_dir_is_kept_as_a_complete_copy_and_never_emptied(tmp_path, monkeypatch):
     """The default staging directory is removed at the end; a --work-dir the user names is theirs: it ends as a
     complete local dataset, and one holding another build is refused, not emptied."""
-    from spanbert_data.build import BuildError
+    from spanbert_data.errors import BuildError
 
     monkeypatch.setenv("SPANBERT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from spanbert_data.errors import DatasetError
-from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, TrainLoader, epoch_order
+from spanbert_train.errors import ConfigError
 from spanbert_train.shard import LIST_COLUMNS, RowSource
 from tests.train.dataset_fixture import make_dataset, rewrite_manifest
 
