@@ -112,8 +112,9 @@ def prepare_data(args, s: dict, out: Path) -> dict[str, Path]:
 
 def unigram_line(dataset: Path) -> dict:
     """The corpus's unigram entropy, and the held-out MLM targets' cross-entropy under that distribution."""
-    from spanbert_train.data import Dataset, RowSource
+    from spanbert_train.data import Dataset
     from spanbert_train.evaluate import unigram_entropy
+    from spanbert_train.shard import RowSource
 
     ds = Dataset(dataset)
     counts = np.asarray(ds.manifest["unigram_counts"], dtype=np.float64)
