@@ -19,11 +19,13 @@ import numpy as np
 
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusStats, describe_skipped, list_corpus_files, require_documents
+from spanbert_data.corpus import CorpusStats, describe_skipped, require_documents
 from spanbert_data.errors import BuildError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
 from spanbert_data.files import atomic_write_bytes, atomic_write_json, sha256_file
+from spanbert_data.inputs import Corpus, InputFile
 from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
+from spanbert_data.listing import list_corpus
 from spanbert_data.masking import replacement_cdf
 from spanbert_data.output import BuildOutput, open_output, remove_stale_temps
 from spanbert_data.progress import Progress, stderr
@@ -36,20 +38,23 @@ from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
 from spanbert_data.vocab import train_vocabulary
 
 
-def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage_options: dict | None = None) -> dict:
+def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage_options: dict | None = None,
+                  corpus_storage_options: dict | None = None) -> dict:  # fmt: skip
     """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input.
 
     `cfg.out` may be an fsspec URL (s3://, gs://, ...): the build then runs in a local staging directory and is
-    uploaded as it goes (spanbert_data/output.py); `storage_options` reach the fsspec filesystem."""
+    uploaded as it goes (spanbert_data/output.py); `storage_options` reach the fsspec filesystem. The corpus may be
+    at URLs too (listing.py): `corpus_storage_options` reach their filesystems (default: `storage_options`)."""
     cfg.validate()
     started = time.perf_counter()
     output = open_output(cfg, storage_options, log)
     try:
-        root = Path(cfg.corpus)
         previous = output.claim()
-        listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
-        files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
-        sources = plan_sources(files, root, cfg.unit_bytes)
+        listing = CorpusStats()  # what the listing skipped (hidden files, loops, unreadable entries)
+        options = storage_options if corpus_storage_options is None else corpus_storage_options
+        corpus, files = list_corpus(cfg.corpora, options, cfg.split, cfg.text_field, listing,
+                                  warn=lambda msg: log(f"warning: {msg}"))  # fmt: skip
+        sources = plan_sources(files, cfg.unit_bytes, cfg.text_field)
         plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
         previous = output.reconcile(previous, plan)  # a bucket is the truth; the staging directory follows it
         if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
@@ -64,7 +69,7 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage
             output.finish()
             return manifest
         with make_executor(cfg.workers, cfg.scheduler, log) as executor:
-            manifest = _build(cfg, output, root, files, sources, plan, previous, listing, executor, log)
+            manifest = _build(cfg, output, corpus, files, sources, plan, previous, listing, executor, log)
         output.finish()
     finally:
         output.close()
@@ -72,10 +77,10 @@ def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage
     return manifest
 
 
-def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path], sources: list[Source], plan: dict,
-           previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
+def _build(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, files: list[InputFile], sources: list[Source],
+           plan: dict, previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
     out = output.work
-    tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
+    tokenizer = _ensure_tokenizer(cfg, out, sources, corpus, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -88,15 +93,15 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
     output.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, output, root, sources, executor, log)
-    corpus = listing
+    markers = _pass1(cfg, output, corpus, sources, executor, log)
+    stats = listing
     for m in markers:
-        corpus.merge(CorpusStats.from_dict(m["corpus"]))
-    _count_split_files(sources, markers, corpus, log)
-    require_documents(root, corpus)
+        stats.merge(CorpusStats.from_dict(m["corpus"]))
+    _count_split_files(sources, markers, stats, log)
+    require_documents(corpus, stats)
     parts = [p for m in markers for p in m["parts"]]
     store = TokenStore(out, parts)
-    is_valid = _held_out_blocks(store, markers, cfg)
+    is_valid = _held_out_blocks(store, cfg)
     split_blocks = {
         "train": np.flatnonzero(~is_valid).astype(np.int64),
         "valid": np.flatnonzero(is_valid).astype(np.int64),
@@ -123,7 +128,7 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
         "max_seq_len": cfg.max_seq_len,
         "mask_epochs": cfg.mask_epochs,
         "id_dtype": np.dtype(tokenizer.id_dtype).name,
-        "corpus": {"files": len(files), "units": len(markers), **corpus.to_dict()},
+        "corpus": {"files": len(files), "units": len(markers), **stats.to_dict()},
         "blocks": store.n_blocks,
         "tokens": int(unigram.sum()),
         "valid_blocks": int(is_valid.sum()),
@@ -143,7 +148,7 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
     return manifest
 
 
-def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
+def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], corpus: Corpus, executor: Executor,
                       log) -> WordPieceTokenizer:  # fmt: skip
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
@@ -152,7 +157,7 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: 
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        tokenizer, _ = train_vocabulary(root, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
+        tokenizer, _ = train_vocabulary(corpus, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
@@ -171,16 +176,17 @@ def _check_visible(out: Path) -> None:
         )
 
 
-def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
+def _pass1_task(out: Path, corpus: Corpus, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
     global _WORKER_TOKENIZER
     _check_visible(out)
+    corpus.check_visible()
     prepare_task_process()
     data = (out / TOKENIZER_FILE).read_bytes()
     # Reused across tasks of one process, but only for the same file and encoder: an in-process build
     # (--workers 1) may follow another build with another tokenizer.
     if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
         _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
-    return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
+    return build_unit(out, corpus, unit, _WORKER_TOKENIZER[2], max_content)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:
@@ -189,11 +195,10 @@ def _pass2_task(ctx: RowContext, plan) -> dict:
     return build_shard(ctx, plan)
 
 
-def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Source], executor: Executor,
+def _pass1(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, sources: list[Source], executor: Executor,
            log) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
     out = output.work
-    base = root if root.is_dir() else root.parent
     markers: dict[str, dict] = {}
     order: list[str] = []
     estimate = sum(s.bytes * (COMPRESSION_RATIO if s.kind == "stream" else 1) for s in sources)
@@ -205,7 +210,7 @@ def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Sour
         nonlocal resumed
         for source in sources:
             if source.kind == "stream":  # decompressed here, once, in order: a unit every --unit-mb of text
-                units = iter_stream_units(source, base, cfg.unit_bytes)
+                units = iter_stream_units(source, corpus, cfg.unit_bytes)
             else:
                 units = ((unit, None) for unit in source.units())
             for unit, piece in units:
@@ -219,7 +224,7 @@ def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Sour
                     continue
                 if piece is not None:
                     atomic_write_bytes(out / unit.work_file, piece.data)
-                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content, cfg.encoder)
+                yield f"{prefix}-{unit.key}", (out, corpus, unit, cfg.max_content, cfg.encoder)
 
     def done(key, args, marker) -> None:
         unit = args[2]
@@ -282,19 +287,18 @@ def _pass2(cfg: BuildConfig, ctx: RowContext, output: BuildOutput, executor: Exe
 
 
 # ----------------------------------------------------------------------------------------------- held-out
-def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -> np.ndarray:
-    """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
-    per_part = [(m["source"], m["sub"]) for m in markers for _ in m["parts"]]
+def _held_out_blocks(store: TokenStore, cfg: BuildConfig) -> np.ndarray:
+    """Boolean per global block: True for the blocks of held-out documents (docs/FORMAT.md, "Held-out documents").
+
+    A document's draw is SplitMix64 of its content key (store.document_hash) mixed with the seed: it depends on
+    the text alone, never on the file, unit or position the document came from, and exact copies of a document
+    fall on the same side. When the draw picks nothing among at least two distinct documents, the documents with
+    the smallest draw over the whole corpus are held out (global, so this too is the same in any container)."""
     salt = splitmix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
-    hashes = []
-    for docs, (source, sub) in zip(store.docs, per_part, strict=True):
-        unit = splitmix64(splitmix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
-        hashes.append(splitmix64(unit ^ docs.astype(np.uint64)))
-    h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    keys = np.concatenate(store.doc_hashes) if store.doc_hashes else np.zeros(0, np.uint64)
+    u = (splitmix64(salt ^ keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     valid = u < cfg.valid_fraction
-    n_docs = sum(m["documents"] for m in markers)
-    if cfg.valid_fraction > 0 and not valid.any() and n_docs >= 2 and len(u):
+    if cfg.valid_fraction > 0 and not valid.any() and len(np.unique(keys)) >= 2:
         valid = u == u.min()  # a small corpus still gets one held-out document
     return valid
 

@@ -53,6 +53,11 @@ STORAGE_OPTIONS = click.option(
     help="With a URL: options for its fsspec filesystem, e.g. '{\"endpoint_url\": \"http://minio:9000\"}' "
          "(credentials otherwise come from the usual AWS/GCP variables and files).",
 )  # fmt: skip
+CORPUS_STORAGE_OPTIONS = click.option(
+    "--corpus-storage-options", metavar="JSON", callback=_storage_options, default=None,
+    help="Options for the filesystem of a corpus URL when they differ from --storage-options (which apply to every "
+         "URL otherwise), e.g. '{\"token\": \"hf_...\"}' for hf://.",
+)  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -80,7 +85,9 @@ def config_option(*decls, field: str, scale: int = 1, **kwargs):
                         **kwargs)  # fmt: skip
 
 
-CORPUS = config_option("--corpus", field="corpus", type=click.Path(path_type=Path), required=True)
+CORPUS = config_option("--corpus", field="corpus", metavar="PATH|GLOB|URL", multiple=True, required=True)
+TEXT_FIELD = config_option("--text-field", field="text_field")
+SPLIT = config_option("--split", field="split")
 VOCAB_SIZE = config_option("--vocab-size", field="vocab_size")
 VOCAB_SAMPLE_MB = config_option("--vocab-sample-mb", field="vocab_sample_bytes", scale=MiB)
 UNIT_MB = config_option("--unit-mb", field="unit_bytes", scale=MiB)
@@ -90,6 +97,8 @@ SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
 
 @main.command()
 @CORPUS
+@TEXT_FIELD
+@SPLIT
 @config_option("--out", field="out", required=True)
 @config_option("--tokenizer", field="tokenizer", type=click.Path(path_type=Path))
 @VOCAB_SIZE
@@ -110,15 +119,19 @@ SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
 @config_option("--replacement", field="masking.replacement", type=click.Choice(REPLACEMENTS))
 @config_option("--work-dir", field="work_dir", type=click.Path(path_type=Path))
 @STORAGE_OPTIONS
+@CORPUS_STORAGE_OPTIONS
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
-          mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
-          replacement, work_dir, storage_options):  # fmt: skip
-    """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
+def build(corpus, text_field, split, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder,
+          max_seq_len, seed, mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p,
+          max_span_words, replacement, work_dir, storage_options, corpus_storage_options):  # fmt: skip
+    """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest.
+
+    --corpus may be repeated (read in the order given) and may be a glob pattern or a URL (README, "Corpora")."""
     masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                             max_span_words=max_span_words, replacement=replacement)  # fmt: skip
     out = out if is_url(out) else Path(out)
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
+    cfg = BuildConfig(corpus=corpus, text_field=text_field, split=split, out=out, tokenizer=tokenizer,
+                      vocab_size=vocab_size, work_dir=work_dir,
                       vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers, scheduler=scheduler,
                       encoder=encoder, max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs,
                       valid_fraction=valid_fraction, rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * MiB),
@@ -127,29 +140,33 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
         cfg.validate()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    build_dataset(cfg, storage_options=storage_options)
+    build_dataset(cfg, storage_options=storage_options, corpus_storage_options=corpus_storage_options)
     click.echo(f"dataset ready: {out}")
 
 
 @main.command()
 @CORPUS
+@TEXT_FIELD
+@SPLIT
 @VOCAB_SIZE
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="tokenizer.json to write.")
 @VOCAB_SAMPLE_MB
 @UNIT_MB
 @WORKERS
 @SCHEDULER
+@STORAGE_OPTIONS
 @user_errors
-def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
+def vocab(corpus, text_field, split, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler, storage_options):
     """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
     if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
         raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
     tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * MiB), int(unit_mb * MiB), workers,
-                                  scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
+                                  scheduler, log=lambda m: click.echo(m, err=True), storage_options=storage_options,
+                                  split=split, text_field=text_field)  # fmt: skip
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if info["documents"] == 0:
-        raise CorpusError(f"no readable text under {corpus}; nothing to train on")
+        raise CorpusError(f"no readable text under {', '.join(corpus)}; nothing to train on")
     tok.save(out)
     click.echo(f"wrote {out}: {tok.vocab_size} entries from {info['documents']} documents, {info['lines']} lines")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -105,9 +106,10 @@ class MaskingConfig:
 
 @dataclass
 class BuildConfig:
-    corpus: Path
-    """Corpus file or directory (walked recursively in sorted order): plain text, WikiExtractor, JSONL or MediaWiki
-    XML; .gz/.bz2/.xz/.zst."""
+    corpus: Path | str | tuple
+    """Corpus file, directory (walked recursively in sorted order), glob pattern or URL (s3://, gs://,
+    hf://datasets/..., any fsspec URL); repeat it for several, read in the order given. Plain text, WikiExtractor,
+    JSON Lines or MediaWiki XML (.gz/.bz2/.xz/.zst), Parquet, Arrow, and datasets' save_to_disk folders."""
     out: Path | str
     """Dataset directory to write or resume (one holding an earlier build with the same options), or a URL:
     s3://BUCKET/PREFIX, gs://…, any fsspec URL (built in `work_dir` and uploaded, spanbert_data/output.py)."""
@@ -139,6 +141,10 @@ class BuildConfig:
     unit_bytes: int = 64 * MiB
     """Input is processed in units of about this size: small files grouped in order, large ones cut (pass 1's unit
     of work)."""
+    text_field: str = "text"
+    """The column (Parquet, Arrow) or JSON Lines field that holds each document's text."""
+    split: str = "train"
+    """The split to read from a DatasetDict folder or a Hub dataset folder."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """The masking scheme and its parameters (SPEC §2)."""
     work_dir: Path | None = None
@@ -164,7 +170,19 @@ class BuildConfig:
             raise ValueError("vocab_sample_bytes must be >= 0")
         if self.unit_bytes < 1:
             raise ValueError("unit_bytes must be >= 1")
+        if not self.corpora:
+            raise ValueError("corpus: give at least one")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError("text_field must be a non-empty column name")
+        if not isinstance(self.split, str) or not self.split:
+            raise ValueError("split must be a non-empty split name")
         self.masking.validate()
+
+    @property
+    def corpora(self) -> tuple[str, ...]:
+        """The corpus entries (paths, globs, URLs) in the order given."""
+        entries = [self.corpus] if isinstance(self.corpus, (str, os.PathLike)) else list(self.corpus)
+        return tuple(str(e) for e in entries)
 
     @property
     def max_content(self) -> int:

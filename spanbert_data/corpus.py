@@ -1,12 +1,14 @@
 """Corpus readers: the files under `--corpus` -> a deterministic stream of `Document`s (SPEC §1 "corpus layout").
 
-Every file is detected by content, never by name: compression by magic bytes (gzip, bzip2, xz, zstd),
+Every file is detected by content, never by name. A Parquet file or an Arrow IPC file or stream (their magic
+bytes, tables.py) gives one document per row of its text column (`--text-field`, default ``text``), its text
+split into lines exactly as a JSON Lines record's. Otherwise compression by magic bytes (gzip, bzip2, xz, zstd),
 then the format by sniffing the first non-blank decompressed bytes:
 
 - ``<mediawiki`` (after an optional ``<?xml …?>``): a raw MediaWiki XML dump, articles only (`wikixml.py`);
 - ``<doc …>``: WikiExtractor text output (its header line repeating the title is dropped);
-- ``{`` and a first line that is a JSON object: JSON Lines with a ``text`` field (WikiExtractor ``--json``
-  and any other), ``id``/``title`` kept for provenance;
+- ``{`` and a first line that is a JSON object: JSON Lines with a ``text`` field (or `--text-field`;
+  WikiExtractor ``--json`` and any other), ``id``/``title`` kept for provenance;
 - anything else: plain text, one sentence or paragraph per line, a blank line between documents.
 
 Everything streams: memory is bounded by `MAX_LINE_CHARS` and `MAX_DOC_CHARS`, never by the file size.
@@ -17,27 +19,31 @@ Bad input never raises from `read_documents`: it is warned about (one line namin
 `CorpusStats.skipped` (reason -> count). Reasons counting FILES: ``binary``, ``empty``, ``unreadable``
 (open/read fails, a dangling symlink, a FIFO/socket/device), ``symlink_loop``, ``hidden`` (names starting
 with "." are not read), ``truncated`` (compressed stream cut short: what decoded cleanly is kept),
-``corrupt`` (bad compressed data or malformed XML: idem), ``unsupported_xml``, ``no_text`` (read fine, no
-document). Reasons counting ITEMS inside files: ``redirect``, ``non_article`` (MediaWiki pages),
-``bad_json_line``, ``empty_document``, ``text_outside_doc`` (lines outside WikiExtractor ``<doc>``).
+``corrupt`` (bad compressed data, malformed XML, a bad Parquet footer or Arrow message: idem), ``unsupported_xml``,
+``no_text`` (read fine, no document). Reasons counting ITEMS inside files: ``redirect``, ``non_article``
+(MediaWiki pages), ``bad_json_line``, ``empty_document``, ``null_text`` (a table row whose text is null),
+``text_outside_doc`` (lines outside WikiExtractor ``<doc>``).
+
+The listing of a corpus (directories, globs, URLs, Hugging Face folders) is listing.py; the files come here one at
+a time, as local paths or `inputs.InputFile`s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import html
 import io
 import json
 import os
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
 from spanbert_data.errors import CorpusError
+from spanbert_data.inputs import InputFile
+from spanbert_data.location import Location
 from spanbert_data.progress import stderr
 from spanbert_data.streams import (
     ATTRIBUTE,
@@ -50,9 +56,11 @@ from spanbert_data.streams import (
     detect_format,
     json_lines,
     open_decompressed,
+    open_raw,
     sniff,
     text_lines,
 )
+from spanbert_data.tables import TableError, table_format, table_texts
 from spanbert_data.wikixml import iter_pages, wikitext_to_lines
 
 MAX_DOC_CHARS = 1 << 23  # a longer document is emitted in parts (a 20 GB file with no blank line)
@@ -132,100 +140,33 @@ def require_documents(root: str | Path, stats: CorpusStats) -> None:
         raise CorpusError(f"no readable text under {root}: {describe_skipped(stats)}")
 
 
-# --- listing ---------------------------------------------------------------------------------------
-
-def list_corpus_files(root: str | Path, stats: CorpusStats | None = None,
-                      warn: Callable[[str], None] = print_to_stderr) -> list[Path]:
-    """All regular files under `root` (or `[root]` if it is a file), sorted by relative posix path.
-
-    Symlinks to files and directories are followed; a symlink that leads back to one of its own
-    ancestor directories (or to itself) is a loop: skipped, warned, counted as ``symlink_loop``.
-    Entries whose name starts with "." (``.git``, ``.DS_Store``) are not read (counted ``hidden``).
-    Dangling symlinks, FIFOs, sockets and devices are counted ``unreadable``. Raises `CorpusError`
-    when `root` does not exist or holds no file to read.
-    """
-    stats = stats if stats is not None else CorpusStats()
-    root = Path(root)
-    try:
-        root_stat = root.stat()
-    except OSError as exc:
-        why = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise CorpusError(f"corpus path {root} cannot be read: {why}") from None
-    if stat.S_ISREG(root_stat.st_mode):
-        return [root]
-    if not stat.S_ISDIR(root_stat.st_mode):
-        raise CorpusError(f"corpus path {root} is neither a regular file nor a directory")
-
-    found: list[tuple[str, Path]] = []
-    pending = [(root, "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))]
-    while pending:  # depth-first; the order does not matter, the result is sorted below
-        directory, rel_dir, ancestors = pending.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as exc:
-            warn(f"{rel_dir or directory}: directory cannot be listed ({exc.strerror}); skipped")
-            stats.skip("unreadable")
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.name.startswith("."):
-                stats.skip("hidden")
-                continue
-            try:
-                st = os.stat(entry.path)  # follows symlinks
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    warn(f"{rel}: symlink loop; skipped")
-                    stats.skip("symlink_loop")
-                else:
-                    warn(f"{rel}: cannot be read ({'dangling symlink' if entry.is_symlink() else exc.strerror})"
-                         "; skipped")
-                    stats.skip("unreadable")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in ancestors:
-                    warn(f"{rel}: symlink loop (leads back to a parent directory); skipped")
-                    stats.skip("symlink_loop")
-                else:
-                    pending.append((Path(entry.path), rel, ancestors | {key}))
-            elif stat.S_ISREG(st.st_mode):
-                found.append((rel, Path(entry.path)))
-            else:
-                warn(f"{rel}: not a regular file (FIFO, socket or device); skipped")
-                stats.skip("unreadable")
-    if not found:
-        raise CorpusError(f"no readable files under {root}: {describe_skipped(stats)}")
-    found.sort(key=lambda item: item[0])
-    return [path for _, path in found]
-
-
-def read_corpus(root: str | Path, stats: CorpusStats | None = None,
-                warn: Callable[[str], None] = print_to_stderr) -> Iterator[Document]:
-    """Every document under `root`, files in `list_corpus_files` order; `CorpusError` if there is none."""
-    stats = stats if stats is not None else CorpusStats()
-    root = Path(root)
-    for path in list_corpus_files(root, stats, warn):
-        yield from read_documents(path, root, stats, warn)
-    require_documents(root, stats)
-
-
 # --- one file ---------------------------------------------------------------------------------------
 
-def read_documents(path: Path, root: Path, stats: CorpusStats,
-                   warn: Callable[[str], None] = print_to_stderr) -> Iterator[Document]:
-    """Stream the documents of one file (any compression, any supported format).
+def read_documents(path: Path | InputFile, root: Path | None, stats: CorpusStats,
+                   warn: Callable[[str], None] = print_to_stderr, text_field: str = "text") -> Iterator[Document]:
+    """Stream the documents of one file (any compression, any supported format): a local path (named relative to
+    `root` in messages) or an `InputFile` (named by its name; `root` is not used).
 
     Never raises for bad content: problems are warned about and counted in `stats` (see the module
-    docstring); documents read before a truncation or corruption are kept.
+    docstring); documents read before a truncation or corruption are kept. A table without a string column
+    `text_field` is the exception: CorpusError (the option is wrong, not the file).
     """
-    path, root = Path(path), Path(root)
-    source = _relative(path, root)
+    if isinstance(path, InputFile):
+        source = path.name
+    else:
+        path, root = Path(path), Path(root)
+        source = _relative(path, root)
     try:
-        head, head_error = sniff(path)
+        with open_raw(path) as raw:
+            fmt = table_format(raw.peek(8)[:8])
+        head, head_error = (b"", None) if fmt else sniff(path)
     except OSError as exc:
         warn(f"{source}: cannot be read ({exc.strerror or exc}); skipped")
         stats.skip("unreadable")
+        return
+    if fmt:
+        file = path if isinstance(path, InputFile) else InputFile(Location.of(path.parent), 0, path.name)
+        yield from read_table(file, source, fmt, text_field, stats, warn)
         return
     if not head:
         if head_error is not None:
@@ -246,29 +187,28 @@ def read_documents(path: Path, root: Path, stats: CorpusStats,
         stats.skip("unsupported_xml")
         return
 
-    yield from read_formatted(lambda stack: open_decompressed(path, stack), source, fmt, stats, warn)
+    yield from read_formatted(lambda stack: open_decompressed(path, stack), source, fmt, stats, warn,
+                              text_field=text_field)  # fmt: skip
 
 
 def read_formatted(open_stream: Callable[[contextlib.ExitStack], BinaryIO], source: str, fmt: str,
                    stats: CorpusStats, warn: Callable[[str], None] = print_to_stderr,
-                   whole_file: bool = True) -> Iterator[Document]:  # fmt: skip
+                   whole_file: bool = True, text_field: str = "text") -> Iterator[Document]:  # fmt: skip
     """The documents of a byte stream in a known text format (a whole file, or the part of one a unit owns).
 
     `open_stream(stack)` opens the stream; errors are counted as in `read_documents`. A part that is not
     the file's first (`whole_file=False`) neither counts the file nor warns when it holds no document.
     """
-    reader = {"mediawiki": _read_mediawiki, "wikiextractor": _read_wikiextractor,
-              "jsonl": _read_jsonl, "text": _read_plain}[fmt]
+    readers = {"mediawiki": _read_mediawiki, "wikiextractor": _read_wikiextractor, "text": _read_plain,
+               "jsonl": lambda stream, source, stats, warn: _read_jsonl(stream, source, stats, warn, text_field)}
+    reader = readers[fmt]
     documents_before, replaced_before, failed = stats.documents, stats.replaced_chars, False
     counter = None
     with contextlib.ExitStack() as stack:
         try:
             counter = CountingReader(open_stream(stack))
             stream = io.BufferedReader(counter, CHUNK)
-            for doc in reader(stream, source, stats, warn):
-                stats.documents += 1
-                stats.lines += len(doc.lines)
-                yield doc
+            yield from _counted(reader(stream, source, stats, warn), stats)
         except EOFError as exc:
             warn(f"{source}: truncated compressed data ({exc}); kept what decoded cleanly")
             stats.skip("truncated")
@@ -280,6 +220,48 @@ def read_formatted(open_stream: Callable[[contextlib.ExitStack], BinaryIO], sour
             failed = True
         finally:
             stats.bytes += counter.count if counter is not None else 0
+    _file_done(source, stats, warn, documents_before, replaced_before, failed, whole_file)
+
+
+def read_table(file: InputFile, source: str, fmt: str, text_field: str, stats: CorpusStats,
+               warn: Callable[[str], None] = print_to_stderr, lo: int | None = None, hi: int | None = None,
+               whole_file: bool = True) -> Iterator[Document]:  # fmt: skip
+    """The documents of a Parquet or Arrow file (pieces [lo, hi), or all of it): one per row of `text_field`, its
+    text made into lines as JSON Lines makes a record's (`DocumentBuilder.text`). Null texts are skipped and
+    counted; a file that cannot be read is warned about and counted, keeping the rows read before."""
+    documents_before, replaced_before, failed, nulls = stats.documents, stats.replaced_chars, False, 0
+    builder = DocumentBuilder(source, stats)
+    try:
+        for texts, nbytes in table_texts(file, fmt, text_field, lo, hi):
+            stats.bytes += nbytes
+            nulls += texts.count(None)
+            yield from _counted(builder.texts(texts), stats)
+    except TableError as exc:
+        kept = "kept the rows before it" if stats.documents > documents_before else "skipped"
+        warn(f"{source}: {exc}; {kept}")
+        stats.skip(exc.reason)
+        failed = True
+    except OSError as exc:
+        warn(f"{source}: cannot be read ({exc.strerror or exc}); skipped")
+        stats.skip("unreadable")
+        failed = True
+    if nulls:
+        warn(f"{source}: {nulls} rows whose {text_field!r} is null skipped")
+        stats.skip("null_text", nulls)
+    _file_done(source, stats, warn, documents_before, replaced_before, failed, whole_file)
+
+
+def _counted(documents: Iterator[Document], stats: CorpusStats) -> Iterator[Document]:
+    for doc in documents:
+        stats.documents += 1
+        stats.lines += len(doc.lines)
+        yield doc
+
+
+def _file_done(source: str, stats: CorpusStats, warn, documents_before: int, replaced_before: int, failed: bool,
+               whole_file: bool) -> None:  # fmt: skip
+    """After a file (or a part of one): warn about replaced characters; count the file, or warn that it held no
+    text (a part that is not a whole file does neither: the driver counts such files once)."""
     if stats.replaced_chars > replaced_before:
         warn(f"{source}: {stats.replaced_chars - replaced_before} undecodable bytes replaced by U+FFFD "
              "or NUL characters removed")
@@ -301,7 +283,7 @@ def _relative(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
 
 
-class _DocumentBuilder:
+class DocumentBuilder:
     """Collects the lines of the current document and cuts it into parts of at most MAX_DOC_CHARS."""
 
     def __init__(self, source: str, stats: CorpusStats):
@@ -329,6 +311,21 @@ class _DocumentBuilder:
             if self.chars >= MAX_DOC_CHARS:
                 yield from self._emit()
 
+    def text(self, text: str, id: str | None = None, title: str | None = None) -> Iterator[Document]:
+        """One document from a whole text (a JSON Lines record's, a table row's): its lines as `str.splitlines`
+        cuts them, each stripped, blank ones dropped; an empty text is counted ``empty_document``."""
+        yield from self.start(id, title)
+        for part in text.splitlines():
+            yield from self.add(part)
+        yield from self.finish(count_empty=True)
+
+    def texts(self, texts: Iterable[str | None]) -> Iterator[Document]:
+        """`text` of each text in turn (cleaned like a text file's: NULs removed, undecodable bytes replaced);
+        None (a null in a table) is passed over: the caller counts it."""
+        for text in texts:
+            if text is not None:
+                yield from self.text(clean_text(text, self.stats))
+
     def finish(self, count_empty: bool = False) -> Iterator[Document]:
         if self.lines:
             yield from self._emit()
@@ -346,7 +343,7 @@ class _DocumentBuilder:
 # --- the four formats -----------------------------------------------------------------------------
 
 def _read_plain(stream, source, stats, warn) -> Iterator[Document]:
-    builder = _DocumentBuilder(source, stats)
+    builder = DocumentBuilder(source, stats)
     for line in text_lines(stream, stats):
         if line.strip():
             yield from builder.add(line)
@@ -358,7 +355,7 @@ def _read_plain(stream, source, stats, warn) -> Iterator[Document]:
 def _read_wikiextractor(stream, source, stats, warn) -> Iterator[Document]:
     """WikiExtractor text output: ``<doc id=… url=… title=…>``, the title again, the text, ``</doc>``.
     WikiExtractor escapes & < > in the text; they are unescaped here."""
-    builder = _DocumentBuilder(source, stats)
+    builder = DocumentBuilder(source, stats)
     inside, expect_title, outside = False, False, 0
     for line in text_lines(stream, stats):
         stripped = line.strip()
@@ -386,11 +383,11 @@ def _read_wikiextractor(stream, source, stats, warn) -> Iterator[Document]:
         stats.skip("text_outside_doc", outside)
 
 
-def _read_jsonl(stream, source, stats, warn) -> Iterator[Document]:
-    """JSON Lines: one object per line with a string ``text``; ``id`` and ``title`` kept if present.
+def _read_jsonl(stream, source, stats, warn, text_field: str = "text") -> Iterator[Document]:
+    """JSON Lines: one object per line with a string ``text`` (`text_field`); ``id`` and ``title`` kept if present.
     Records shaped like WikiExtractor ``--json`` output (a ``url`` with ``curid=``) get its
     HTML escaping of & < > undone."""
-    builder = _DocumentBuilder(source, stats)
+    builder = DocumentBuilder(source, stats)
     bad, first_bad = 0, 0
     for number, line in enumerate(json_lines(stream, stats), start=1):
         if line is not None and not line.strip():
@@ -399,25 +396,23 @@ def _read_jsonl(stream, source, stats, warn) -> Iterator[Document]:
         if line is not None:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             bad += 1
             first_bad = first_bad or number
             continue
-        text = clean_text(record["text"], stats)  # JSON escapes can carry NULs and lone surrogates too
+        text = clean_text(record[text_field], stats)  # JSON escapes can carry NULs and lone surrogates too
         if "curid=" in str(record.get("url", "")):
             text = html.unescape(text)
         ident, title = record.get("id"), record.get("title")
-        yield from builder.start(None if ident is None else str(ident), None if title is None else str(title))
-        for part in text.splitlines():
-            yield from builder.add(part)
-        yield from builder.finish(count_empty=True)
+        yield from builder.text(text, None if ident is None else str(ident), None if title is None else str(title))
     if bad:
-        warn(f"{source}: {bad} bad JSON lines skipped (not an object with a string 'text'; first: line {first_bad})")
+        warn(f"{source}: {bad} bad JSON lines skipped (not an object with a string {text_field!r}; first: line "
+             f"{first_bad})")
         stats.skip("bad_json_line", bad)
 
 
 def _read_mediawiki(stream, source, stats, warn) -> Iterator[Document]:
-    builder = _DocumentBuilder(source, stats)
+    builder = DocumentBuilder(source, stats)
     for page in iter_pages(stream):
         if page.ns != 0:
             stats.skip("non_article")

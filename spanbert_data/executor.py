@@ -262,9 +262,11 @@ def make_executor(workers: int, scheduler: str | None, log: Callable[[str], None
     return InlineExecutor()
 
 
-def task_prefix(path: Path, phase: str) -> str:
-    """Dask keys must be unique on a shared cluster: the phase plus a hash of the directory the tasks work on."""
-    return f"spanbert-{phase}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]}"
+def task_prefix(where: Path | str, phase: str) -> str:
+    """Dask keys must be unique on a shared cluster: the phase plus a hash of the directory (or the corpus) the tasks
+    work on."""
+    key = str(where.resolve()) if isinstance(where, Path) else str(where)
+    return f"spanbert-{phase}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def run_tasks(executor: Executor, fn: Callable, tasks: Iterable[Task], on_done: OnDone) -> None:

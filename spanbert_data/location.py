@@ -6,8 +6,10 @@ verified streaming, PUTs checked for their size. Anything else, `file://` URLs i
 directory and never goes through fsspec. Everything that reads or writes a dataset asks its Location, by the
 manifest's relative names:
 
-- `list(prefix)`, `exists(rel)`, `size(rel)`: what is there;
-- `read_bytes(rel)`, `read_json(rel)`, `open(rel)`, `read_range(rel, start, end)`: reading;
+- `list(prefix)`, `listing(prefix)` (with sizes), `exists(rel)`, `size(rel)`: what is there;
+- `read_bytes(rel)`, `read_json(rel)`, `open(rel)`, `read_range(rel, start, end)`: reading; `reader(rel, size,
+  block)`: a seekable file read in ranges (ranged GETs with retries and read-ahead in object storage), what a
+  corpus file in a bucket is read through;
 - `put_bytes(rel, data)`, `put_file(rel, path)`: an atomic write (a temp file renamed into place locally, a
   single PUT remotely), checked for its size;
 - `problem(rel, size, sha256)`, `download(rel, dest, size, sha256)`: a file against its manifest entry;
@@ -32,6 +34,7 @@ from spanbert_data.errors import DatasetError, DiskWriteError
 from spanbert_data.files import atomic_path, atomic_write_bytes, json_object, sha256_file
 from spanbert_data.layout import MANIFEST
 from spanbert_data.progress import stderr
+from spanbert_data.remote import CHUNK as REMOTE_CHUNK
 from spanbert_data.remote import Remote
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -113,6 +116,12 @@ class Location:
             return [Path(prefix).as_posix()]
         return sorted(p.relative_to(self.local).as_posix() for p in top.rglob("*") if p.is_file())
 
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        """Every file (object) under `prefix` by relative name, with its size, in sorted name order."""
+        if self.remote is not None:
+            return self.remote.listing(prefix)
+        return {rel: (self.local / rel).stat().st_size for rel in self.list(prefix)}
+
     def size(self, rel: str) -> int | None:
         """The size of file `rel`, or None when it does not exist."""
         if self.remote is not None:
@@ -142,6 +151,14 @@ class Location:
         """File `rel` for reading."""
         if self.remote is not None:
             return self.remote.open(rel)
+        return open(self.local / rel, "rb")
+
+    def reader(self, rel: str, size: int | None = None, block: int = REMOTE_CHUNK) -> BinaryIO:
+        """File `rel` as a seekable binary file. In object storage a `remote.RangeReader`: ranged GETs of `block`
+        bytes with read-ahead (0: exactly the bytes each read asks for), each retried; FileNotFoundError or
+        PermissionError naming the URL when the object is missing or refused. Locally the file itself."""
+        if self.remote is not None:
+            return self.remote.reader(rel, size, block)
         return open(self.local / rel, "rb")
 
     def read_range(self, rel: str, start: int, end: int) -> bytes:

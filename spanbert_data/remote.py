@@ -14,11 +14,13 @@ own; `AWS_MAX_ATTEMPTS` sets that for S3); a missing object or a refused permiss
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -179,7 +181,24 @@ class Remote:
                 return []
 
         found = self._call(find, self / prefix if prefix else self.url)
-        return sorted(posixpath.relpath(p, self.root) for p in found)
+        return sorted(name for p in found if (name := posixpath.relpath(p, self.root)) != ".")
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        """Every object under `prefix` by relative name, with its size, in sorted order (one listing, no HEADs).
+        A URL that names one object lists nothing: it has nothing under it."""
+        top = self.path(prefix) if prefix else self.root
+
+        def find():
+            self.fs.invalidate_cache()
+            try:
+                return self.fs.find(top, detail=True)
+            except FileNotFoundError:
+                return {}
+
+        found = self._call(find, self / prefix if prefix else self.url)
+        sizes = {posixpath.relpath(p, self.root): int(info.get("size") or 0) for p, info in found.items()
+                 if info.get("type", "file") == "file"}  # fmt: skip
+        return {name: sizes[name] for name in sorted(sizes) if name != "."}
 
     def open(self, rel: str) -> BinaryIO:
         """Object `rel` for reading (ranged GETs as it is read); a missing object raises RemoteError naming it."""
@@ -190,6 +209,11 @@ class Remote:
         """Bytes start..end-1 of object `rel` (one ranged GET); a missing object raises RemoteError naming it."""
         path = self.path(rel)
         return self._call(lambda: self.fs.cat_file(path, start=start, end=end), self / rel, "missing")
+
+    def reader(self, rel: str, size: int | None = None, block: int = CHUNK) -> RangeReader:
+        """Object `rel` as a seekable binary file read in ranged GETs, each retried like every other operation
+        (`RangeReader`); nothing is downloaded before it is read."""
+        return RangeReader(self, rel, size, block)
 
     def is_empty(self) -> bool:
         """True when nothing exists under the prefix (a new dataset may be written there)."""
@@ -294,3 +318,97 @@ class Remote:
 
         self._call(pipe, self / rel)
 
+
+
+_PREFETCH = ThreadPoolExecutor(8, thread_name_prefix="spanbert-prefetch")  # the next block of every sequential reader
+
+
+class RangeReader(io.RawIOBase):
+    """An object read by ranged GETs, seekable, never downloaded whole: what the corpus readers and pyarrow read a
+    corpus file in a bucket through.
+
+    With `block` > 0 a read fetches the `block` bytes from its position (one GET) and keeps them; once a read
+    crosses into the block that follows the one before it (a sequential reader), the next block is fetched in the
+    background while this one is used, so the network and the reader overlap. With `block` 0 every read is one GET
+    of exactly the bytes asked for (what pyarrow wants: the footer, then each column chunk). Every GET is retried
+    with backoff on network errors (`Remote.retrying`); a missing object raises FileNotFoundError and a refused
+    one PermissionError, each naming the URL (the corpus readers skip such a file and count it), and failed
+    credentials or retries that run out raise RemoteError (the build stops: a re-run resumes)."""
+
+    def __init__(self, remote: Remote, rel: str, size: int | None = None, block: int = CHUNK):
+        self._remote, self._rel, self._path, self.url = remote, rel, remote.path(rel), remote / rel
+        self._size, self._block, self._pos = size, block, 0
+        self._held: tuple[int, bytes] = (0, b"")  # (start, data) of the block in hand
+        self._ahead: tuple[int, Future] | None = None  # the block being fetched in the background
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            found = self._get(lambda: self._remote.fs.info(self._path)["size"])
+            self._size = int(found)
+        return self._size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: None}[whence]
+        self._pos = max(0, (self.size if base is None else base) + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = len(buffer)
+        if want == 0 or (self._size is not None and self._pos >= self._size):
+            return 0
+        if self._block <= 0 or want >= self._block:
+            data = self._fetch(self._pos, self._pos + want)
+        else:
+            start, held = self._held
+            if not start <= self._pos < start + len(held):
+                sequential = bool(held) and self._pos == start + len(held)
+                held = self._take(self._pos)
+                self._held = (self._pos, held)
+                if sequential and len(held) == self._block:
+                    nxt = self._pos + len(held)
+                    self._ahead = (nxt, _PREFETCH.submit(self._fetch, nxt, nxt + self._block))
+                start = self._pos
+            data = held[self._pos - start : self._pos - start + want]
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        return n
+
+    def _take(self, pos: int) -> bytes:
+        """The block from `pos`: the one fetched ahead when it starts there, else a new GET."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == pos:
+            return ahead[1].result()
+        return self._fetch(pos, pos + self._block)
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        if self._size is not None:
+            end = min(end, self._size)
+            if start >= end:
+                return b""
+        return self._get(lambda: self._remote.fs.cat_file(self._path, start=start, end=end))
+
+    def _get(self, fn):
+        try:
+            return self._remote.retrying(fn, self.url)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.url}: object not found") from None
+        except PermissionError as e:
+            raise PermissionError(f"{self.url}: permission denied ({reason(e)})") from None
+        except RemoteError:
+            raise
+        except Exception as e:
+            if "Credentials" in type(e).__name__:
+                raise RemoteError(f"{self.url}: {reason(e)}; set the storage's credentials (README, \"Data in "
+                                  "object storage\")") from None  # fmt: skip
+            raise

@@ -52,13 +52,13 @@ class TokenStore:
     def __init__(self, out: Path, parts: list[dict]):
         self.offsets: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
-        self.docs: list[np.ndarray] = []
+        self.doc_hashes: list[np.ndarray] = []  # the content key of each block's document (held-out choice)
         for part in parts:
             batch = read_arrow_file(out / part["path"])
             tokens = batch.column("tokens")
             self.offsets.append(tokens.offsets.to_numpy())
             self.values.append(tokens.values.to_numpy())
-            self.docs.append(batch.column("doc").to_numpy())
+            self.doc_hashes.append(batch.column("doc_hash").to_numpy())
         counts = [len(o) - 1 for o in self.offsets]
         self.first_block = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 

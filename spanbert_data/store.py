@@ -8,6 +8,7 @@ Units are independent, so any number of worker processes or machines writes the 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 from spanbert_data.blocks import make_blocks
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.files import atomic_write_json, sha256_file
+from spanbert_data.inputs import Corpus
 from spanbert_data.shards import write_arrow_file
 from spanbert_data.tokenizer import WordPieceTokenizer
 from spanbert_data.unit_reader import unit_documents
@@ -27,7 +29,15 @@ TOKENS_PER_PART = 1 << 28  # a store part's token count stays far below Arrow's 
 
 
 def store_schema(id_type: pa.DataType) -> pa.Schema:
-    return pa.schema([("tokens", pa.list_(id_type)), ("doc", pa.int32())])
+    return pa.schema([("tokens", pa.list_(id_type)), ("doc", pa.int32()), ("doc_hash", pa.uint64())])
+
+
+def document_hash(lines: list[str]) -> int:
+    """The key of a document's content (docs/FORMAT.md, "Held-out documents"): the first 8 bytes, little-endian, of
+    the BLAKE2b hash of its lines joined by "\\n" in UTF-8. The same text gives the same key in any container, unit
+    or position, so a document (and every exact copy of it) falls on one side of the held-out split."""
+    data = "\n".join(lines).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 class _PartWriter:
@@ -39,15 +49,17 @@ class _PartWriter:
         self.tokens: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []
         self.docs: list[np.ndarray] = []
+        self.hashes: list[np.ndarray] = []
         self.pending = 0
         self.parts: list[dict] = []
         self.unigram = np.zeros(tokenizer.vocab_size, dtype=np.int64)
 
-    def add(self, ids: np.ndarray, block_offsets: np.ndarray, block_docs: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, block_offsets: np.ndarray, block_docs: np.ndarray, block_hashes: np.ndarray) -> None:
         ids = ids[block_offsets[0] : block_offsets[-1]].astype(self.tok.id_dtype, copy=False)
         self.tokens.append(ids)
         self.lengths.append(np.diff(block_offsets))
         self.docs.append(block_docs.astype(np.int32))
+        self.hashes.append(block_hashes)
         self.unigram += np.bincount(ids, minlength=self.tok.vocab_size)
         self.pending += len(ids)
         if self.pending >= TOKENS_PER_PART:
@@ -61,15 +73,16 @@ class _PartWriter:
         np.cumsum(lengths, out=offsets[1:])
         values = np.concatenate(self.tokens) if self.tokens else np.zeros(0, self.tok.id_dtype)
         docs = np.concatenate(self.docs) if self.docs else np.zeros(0, np.int32)
+        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.uint64)
         tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=self.id_type))
-        batch = pa.record_batch([tokens, pa.array(docs)], schema=store_schema(self.id_type))
+        batch = pa.record_batch([tokens, pa.array(docs), pa.array(hashes)], schema=store_schema(self.id_type))
         path = self.unit.part(len(self.parts))
         info = write_arrow_file(self.out / path, batch)
         self.parts.append({"path": path, "blocks": len(lengths), "tokens": int(len(values)), **info})
-        self.tokens, self.lengths, self.docs, self.pending = [], [], [], 0
+        self.tokens, self.lengths, self.docs, self.hashes, self.pending = [], [], [], [], 0
 
 
-def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer, max_content: int) -> dict:
+def build_unit(out: Path, corpus: Corpus, unit: Unit, tokenizer: WordPieceTokenizer, max_content: int) -> dict:
     """Pass 1 for one unit: read, tokenize, block, write its parts, then its marker (last). Returns the marker.
 
     A "stream" unit's text is read from its work file under `out` (written there by the driver)."""
@@ -79,6 +92,7 @@ def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer,
     writer = _PartWriter(out, unit, tokenizer)
     lines: list[str] = []
     line_docs: list[int] = []
+    doc_hashes: list[int] = []  # of every document of the unit so far, by document number
     doc_number = 0
 
     def encode_pending() -> None:
@@ -87,14 +101,14 @@ def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer,
         ids, lengths = tokenizer.encode_lines(lines)
         word_start = tokenizer.word_start[ids]
         offsets, docs = make_blocks(lengths, np.asarray(line_docs, dtype=np.int64), word_start, max_content)
-        writer.add(ids, offsets, docs)
+        writer.add(ids, offsets, docs, np.array(doc_hashes, dtype=np.uint64)[docs])
         lines.clear()
         line_docs.clear()
 
-    base = root if root.is_dir() else root.parent
-    for doc in unit_documents(base, unit, stats, warnings.append, work=out):
+    for doc in unit_documents(corpus, unit, stats, warnings.append, work=out):
         lines.extend(doc.lines)
         line_docs.extend([doc_number] * len(doc.lines))
+        doc_hashes.append(document_hash(doc.lines))
         doc_number += 1
         if len(lines) >= LINES_PER_BATCH:  # only between documents: a block never spans two batches
             encode_pending()

@@ -1,9 +1,10 @@
 """Byte streams for the corpus readers: decompression chosen by magic bytes, sniffing, decoded lines.
 
-- `open_decompressed(path, stack)`: gzip, bzip2, xz or zstd recognised by their first bytes (the file
+- `open_decompressed(file, stack)`: gzip, bzip2, xz or zstd recognised by their first bytes (the file
   name is never looked at); a stream cut short raises `EOFError` once everything before the cut has
-  been returned, so callers keep what decoded cleanly.
-- `sniff(path)` / `detect_format(head)`: the first non-blank decompressed bytes decide binary or text,
+  been returned, so callers keep what decoded cleanly. `file` is a local path or anything with an `open()`
+  that gives a buffered binary stream (`inputs.InputFile`: a local file or an object in a bucket).
+- `sniff(file)` / `detect_format(head)`: the first non-blank decompressed bytes decide binary or text,
   and which text format.
 - `text_lines` / `json_lines`: bounded-memory line iterators. Undecodable bytes become U+FFFD and NUL
   characters are removed; both are counted in `stats.replaced_chars` (`stats` is any object with that
@@ -52,8 +53,13 @@ def compression_of(magic: bytes) -> str | None:
     return None
 
 
-def open_decompressed(path: Path, stack: contextlib.ExitStack) -> BinaryIO:
-    raw = stack.enter_context(open(path, "rb", buffering=CHUNK))
+def open_raw(file) -> io.BufferedIOBase:
+    """A buffered binary stream of a local path, or of anything with an `open()` (see the module docstring)."""
+    return open(file, "rb", buffering=CHUNK) if isinstance(file, (str, Path)) else file.open()
+
+
+def open_decompressed(file, stack: contextlib.ExitStack) -> BinaryIO:
+    raw = stack.enter_context(open_raw(file))
     kind = compression_of(raw.peek(16)[:16])
     if kind == "gzip":
         return stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
@@ -125,7 +131,7 @@ class CountingReader(io.RawIOBase):
         return n
 
 
-def sniff(path: Path) -> tuple[bytes, BaseException | None]:
+def sniff(path) -> tuple[bytes, BaseException | None]:
     """Up to SNIFF_BYTES decompressed bytes from the first non-whitespace byte on, and the
     decompression error that stopped the read early, if any. Raises OSError if the file cannot be opened."""
     head, error = b"", None

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from spanbert_data.corpus import read_documents, read_formatted
+from spanbert_data.corpus import read_documents, read_formatted, read_table
+from spanbert_data.inputs import Corpus, InputFile
 from spanbert_data.streams import CHUNK, DECOMPRESSION_ERRORS, open_decompressed
 from spanbert_data.units import BZ2_STREAM, Source, Unit
 
@@ -245,14 +246,14 @@ def bz2_lookbehind(f: BinaryIO, start: int) -> tuple[bytes, bool]:
         window *= 4
 
 
-def open_unit_bytes(base: Path, unit: Unit, stack: contextlib.ExitStack, work: Path | None = None) -> BinaryIO:
+def open_unit_bytes(corpus: Corpus, unit: Unit, stack: contextlib.ExitStack, work: Path | None = None) -> BinaryIO:
     """A binary stream of the bytes a non-"files" unit owns, wrapped so that its format reader can parse it."""
     if unit.kind == "stream":
         if work is None:
             raise ValueError("a stream unit needs the directory holding its work file")
         raw: BinaryIO = stack.enter_context(open(work / unit.work_file, "rb", buffering=CHUNK))
     else:
-        f = stack.enter_context(open(base / unit.files[0], "rb", buffering=0))
+        f = stack.enter_context(corpus.file(unit.root, unit.files[0]).reader())
         if unit.kind == "range":
             lo = max(0, unit.start - LOOKBEHIND)
             f.seek(lo)
@@ -313,8 +314,9 @@ class StreamPiece:
     error: BaseException | None = None  # the decompression error that ended the file early, if any
 
 
-def split_stream(path: Path, fmt: str, unit_bytes: int) -> Iterator[StreamPiece]:
-    """Decompress `path` once, in order, and cut its text at the boundary after every `unit_bytes`.
+def split_stream(path: Path | InputFile, fmt: str, unit_bytes: int) -> Iterator[StreamPiece]:
+    """Decompress `path` (a local path or an `InputFile`) once, in order, and cut its text at the boundary after
+    every `unit_bytes`.
 
     The cut rule is the same as for a "range" unit, applied to the decoded text, so the pieces depend
     only on the file's bytes and `unit_bytes`. A decompression error ends the file: what decoded cleanly
@@ -358,29 +360,35 @@ def split_stream(path: Path, fmt: str, unit_bytes: int) -> Iterator[StreamPiece]
             lo, sub = hi, sub + 1
 
 
-def iter_stream_units(source: Source, base: Path, unit_bytes: int) -> Iterator[tuple[Unit, StreamPiece]]:
+def iter_stream_units(source: Source, corpus: Corpus, unit_bytes: int) -> Iterator[tuple[Unit, StreamPiece]]:
     """The units of a "stream" source with their text, in order (the driver writes each to its work file)."""
-    for piece in split_stream(base / source.files[0], source.fmt, unit_bytes):
+    for piece in split_stream(corpus.file(source.root, source.files[0]), source.fmt, unit_bytes):
         note = ""
         if piece.error is not None:
             reason = "truncated" if isinstance(piece.error, EOFError) else "corrupt"
             note = f"{reason}: {piece.error}"
         unit = Unit(source.index, piece.sub, "stream", source.files, len(piece.data), source.fmt,
-                    last=piece.last, note=note)  # fmt: skip
+                    last=piece.last, note=note, root=source.root)  # fmt: skip
         yield unit, piece
 
 
-def unit_documents(base: Path, unit: Unit, stats, warn, work: Path | None = None) -> Iterator:
+def unit_documents(corpus: Corpus, unit: Unit, stats, warn, work: Path | None = None) -> Iterator:
     """The documents a unit owns, in order (`corpus.Document`s; problems counted in `stats`)."""
+    field = corpus.text_field
     if unit.kind == "files":
         for name in unit.files:
-            yield from read_documents(base / name, base, stats, warn)
+            yield from read_documents(corpus.file(unit.root, name), None, stats, warn, field)
         return
     source = unit.files[0]
     # A part of a file neither counts the file nor warns when empty: the driver does that once per file.
-    yield from read_formatted(lambda stack: open_unit_bytes(base, unit, stack, work), source, unit.fmt, stats, warn,
-                              whole_file=False)  # fmt: skip
-    if unit.note:  # the driver's read of a compressed file ended early: count it once, in the last unit
+    if unit.kind == "table":
+        yield from read_table(corpus.file(unit.root, source), source, unit.fmt, field, stats, warn, unit.start,
+                              unit.end, whole_file=False)  # fmt: skip
+    else:
+        yield from read_formatted(lambda stack: open_unit_bytes(corpus, unit, stack, work), source, unit.fmt, stats,
+                                  warn, whole_file=False, text_field=field)  # fmt: skip
+    if unit.note:  # the driver found that the file ends early: count it once, in the last unit
         reason, _, detail = unit.note.partition(": ")
-        warn(f"{source}: {reason} compressed data ({detail}); kept what decoded cleanly")
+        what = "table" if unit.kind == "table" else "compressed data"
+        warn(f"{source}: {reason} {what} ({detail}); kept what was read before it")
         stats.skip(reason)

@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tokenizers import normalizers, pre_tokenizers
 
-from spanbert_data.corpus import CorpusStats, list_corpus_files
-from spanbert_data.errors import BuildError
+from spanbert_data.corpus import CorpusStats
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
+from spanbert_data.inputs import Corpus
+from spanbert_data.listing import list_corpus
 from spanbert_data.progress import stderr
 from spanbert_data.rng import mix64
 from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, WordPieceTokenizer, bert_tokenizer
@@ -114,12 +113,11 @@ class WordCounts:
         return zip(self.words.split("\n"), self.counts.tolist(), strict=True) if len(self.counts) else iter(())
 
 
-def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> WordCounts:
+def count_unit_words(corpus: Corpus, unit: Unit, char_budget: int | None = None) -> WordCounts:
     """Count the words of one unit (a task of its own: top-level and picklable, run in any process).
 
     With char_budget, only the unit's first documents are read, until their text holds char_budget
     characters (the document crossing the budget is counted whole)."""
-    base = root if root.is_dir() else root.parent
     stats = CorpusStats()
     splitter = WordSplitter()
     warnings: list[str] = []
@@ -127,7 +125,7 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
 
     def lines():
         nonlocal chars
-        for doc in unit_documents(base, unit, stats, warnings.append):
+        for doc in unit_documents(corpus, unit, stats, warnings.append):
             yield from doc.lines
             chars += sum(map(len, doc.lines))
             if char_budget is not None and chars >= char_budget:
@@ -239,7 +237,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency
 
 
 # ------------------------------------------------------------------------------------------- on a corpus
-def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
+def train_vocabulary(corpus: Corpus, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
                      log: Callable[[str], None] = stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
     """Train the cased WordPiece vocabulary of a corpus: the words of each sampled unit are counted as a task of
     its own (on the executor: processes or a Dask cluster), the counts summed in unit order, then merged in this
@@ -252,8 +250,8 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
     log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
         f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
     parts: dict[str, WordCounts] = {}
-    prefix = task_prefix(root, "vocab")
-    run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
+    prefix = task_prefix("\n".join(corpus.bases), "vocab")
+    run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (corpus, u, budget)) for u, budget in plan),
               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
     ordered = [parts[u.key] for u, _ in plan]
     counts = merge_counts(ordered)
@@ -266,14 +264,16 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
     return tokenizer, info
 
 
-def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
+def corpus_vocabulary(entries, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
                       scheduler: str | None = None, log: Callable[[str], None] = stderr,
+                      storage_options: dict | None = None, split: str = "train", text_field: str = "text",
                       ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
-    so the result is the tokenizer `build` would train with the same options."""
-    corpus = Path(corpus)
-    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
-    sources = plan_sources(files, corpus, unit_bytes)
+    """`train_vocabulary` of a corpus (one or more --corpus values: paths, globs, URLs): the file listing, the unit
+    plan and the executor as `build` makes them, so the result is the tokenizer `build` would train with the same
+    options."""
+    corpus, files = list_corpus(entries, storage_options, split, text_field, CorpusStats(),
+                                warn=lambda m: log(f"warning: {m}"))  # fmt: skip
+    sources = plan_sources(files, unit_bytes, text_field)
     with make_executor(workers, scheduler, log) as executor:
         return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
 
@@ -284,17 +284,13 @@ def vocab_units(sources: list[Source]) -> list[Unit]:
     units: list[Unit] = []
     for source in sources:
         if source.kind == "stream":
-            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
+            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes, root=source.root))
         else:
             units.extend(source.units())
     return units
 
 
-def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
-    if not root.exists():
-        raise BuildError(
-            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
-            "worker mounts at the same path (see README, Building on a cluster)"
-        )
+def _vocab_task(corpus: Corpus, unit: Unit, char_budget: int | None) -> WordCounts:
+    corpus.check_visible()
     prepare_task_process()
-    return count_unit_words(root, unit, char_budget)
+    return count_unit_words(corpus, unit, char_budget)
