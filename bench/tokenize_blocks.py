@@ -23,7 +23,8 @@ from pathlib import Path
 from bench.common import machine_info, write_result
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.listing import list_corpus_files
 from spanbert_data.store import build_unit
 from spanbert_data.tokenizer import load_tokenizer
 from spanbert_data.units import Unit

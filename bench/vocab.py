@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from bench.common import machine_info, write_result
-from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.listing import list_corpus_files
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, bert_post_processor
 from spanbert_data.vocab import WordSplitter, corpus_vocabulary
 

@@ -37,7 +37,8 @@ BATCH = 32768  # lines per encode call, as spanbert_data.store.LINES_PER_BATCH
 
 
 def corpus_docs(root: Path, target_mb: float) -> list[list[str]]:
-    from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+    from spanbert_data.corpus import CorpusStats, read_documents
+    from spanbert_data.listing import list_corpus_files
 
     base = root if root.is_dir() else root.parent
     docs = [d.lines for f in list_corpus_files(root) for d in read_documents(f, base, CorpusStats())]

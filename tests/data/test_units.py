@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.listing import list_corpus
 from spanbert_data.unit_reader import find_boundary, iter_stream_units, unit_documents
 from spanbert_data.units import plan_sources
 
@@ -34,10 +35,11 @@ def _whole(path: Path) -> list[list[str]]:
 def _by_units(path: Path, unit_bytes: int, work: Path) -> tuple[list[list[str]], list[str], CorpusStats]:
     stats = CorpusStats()
     docs, kinds = [], []
-    for source in plan_sources([path], path, unit_bytes):
+    corpus, files = list_corpus([path])
+    for source in plan_sources(files, unit_bytes):
         kinds.append(source.kind)
         if source.kind == "stream":
-            pairs = list(iter_stream_units(source, path.parent, unit_bytes))
+            pairs = list(iter_stream_units(source, corpus, unit_bytes))
             for unit, piece in pairs:
                 (work / unit.work_file).parent.mkdir(parents=True, exist_ok=True)
                 (work / unit.work_file).write_bytes(piece.data)
@@ -45,7 +47,7 @@ def _by_units(path: Path, unit_bytes: int, work: Path) -> tuple[list[list[str]],
         else:
             units = source.units()
         for unit in units:
-            docs += [d.lines for d in unit_documents(path.parent, unit, stats, lambda m: None, work)]
+            docs += [d.lines for d in unit_documents(corpus, unit, stats, lambda m: None, work)]
     return docs, kinds, stats
 
 
@@ -131,9 +133,10 @@ def test_plain_text_without_blank_lines_is_cut_at_line_starts(tmp_path, monkeypa
 def test_cuts_depend_only_on_the_bytes_and_the_unit_size(tmp_path):
     path = tmp_path / "a.txt"
     path.write_bytes(_plain_text(random.Random(3)))
-    plans = [[s.to_json() for s in plan_sources([path], path, 4096)] for _ in range(2)]
+    files = list_corpus([path])[1]
+    plans = [[s.to_json() for s in plan_sources(files, 4096)] for _ in range(2)]
     assert plans[0] == plans[1]
-    assert plans[0] != [s.to_json() for s in plan_sources([path], path, 5000)]
+    assert plans[0] != [s.to_json() for s in plan_sources(files, 5000)]
 
 
 def test_small_files_are_grouped_and_compressed_ones_weigh_more(tmp_path):
@@ -145,7 +148,7 @@ def test_small_files_are_grouped_and_compressed_ones_weigh_more(tmp_path):
     text = " ".join(f"w{rng.randrange(10**6)}" for _ in range(400)).encode()  # ~3.6 KB, ~1.6 KB gzipped
     (corpus / "y.txt.gz").write_bytes(gzip.compress(text[:1000], mtime=0))  # ~500 B: counts as ~2 KB
     (corpus / "z.txt.gz").write_bytes(gzip.compress(text, mtime=0))  # counts as ~6.5 KB: cut by the reader
-    sources = plan_sources(sorted(corpus.iterdir()), corpus, 2_500)
+    sources = plan_sources(list_corpus([corpus])[1], 2_500)
     assert [(s.kind, len(s.files)) for s in sources] == [("files", 2)] * 3 + [("files", 1), ("stream", 1)]
 
 
@@ -168,5 +171,5 @@ def test_a_lone_bz2_header_inside_data_is_not_taken_for_a_stream(tmp_path):
     """Single-stream bzip2 is read by one reader, even when large."""
     path = tmp_path / "big.jsonl.bz2"
     path.write_bytes(bz2.compress("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(20_000)).encode()))
-    (source,) = plan_sources([path], path, 1000)
+    (source,) = plan_sources(list_corpus([path])[1], 1000)
     assert source.kind == "stream"

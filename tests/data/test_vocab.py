@@ -20,8 +20,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+from spanbert_data.corpus import CorpusStats, read_documents
 from spanbert_data.executor import InlineExecutor
+from spanbert_data.listing import list_corpus
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, load_tokenizer
 from spanbert_data.units import Unit, plan_sources
 from spanbert_data.vocab import (
@@ -122,16 +123,17 @@ def test_sample_units_is_a_pure_function_of_the_units():
 
 
 def test_a_unit_counted_with_a_budget_reads_its_first_documents(corpus):
-    sources = plan_sources(list_corpus_files(corpus), corpus, 1 << 30)
+    root, files = list_corpus([corpus])
+    sources = plan_sources(files, 1 << 30)
     units = [u for s in sources for u in s.units()]
-    whole = count_unit_words(corpus, units[0])
-    part = count_unit_words(corpus, units[0], char_budget=100_000)
+    whole = count_unit_words(root, units[0])
+    part = count_unit_words(root, units[0], char_budget=100_000)
     assert whole.documents == 40 and 0 < part.documents < 40 and 100_000 <= part.chars < whole.chars
     whole_counts = dict(whole.items())
     assert all(whole_counts[w] >= n for w, n in part.items())
     # a sample smaller than the corpus: the one unit is read up to the budget
-    _, info = train_vocabulary(corpus, sources, 3000, 200_000, InlineExecutor(), log=lambda _m: None)
-    assert info["documents"] == count_unit_words(corpus, units[0], char_budget=200_000).documents < 40
+    _, info = train_vocabulary(root, sources, 3000, 200_000, InlineExecutor(), log=lambda _m: None)
+    assert info["documents"] == count_unit_words(root, units[0], char_budget=200_000).documents < 40
 
 
 # ------------------------------------------------------------------------------- determinism (bytes)
