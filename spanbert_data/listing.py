@@ -80,7 +80,7 @@ def _list_entry(entry: str, storage_options, split: str, stats: CorpusStats,
     if is_url(entry):
         base, pattern = _split_pattern(entry) if _WILDCARD.search(entry) else (entry, "")
         location = Location.of(base, storage_options)
-        names = _visible(location.listing(), stats)
+        names = _visible(_matching(location.listing(), pattern), stats)
         if not names and not pattern:  # a URL naming one object: list it under its parent
             parent, name = entry.rstrip("/").rsplit("/", 1)
             size = Location.of(parent, storage_options).size(name)
@@ -89,25 +89,30 @@ def _list_entry(entry: str, storage_options, split: str, stats: CorpusStats,
         if not names:
             raise CorpusError(f"{entry}: no objects there; check the URL (and --storage-options)")
     else:
-        path = Path(entry)
-        pattern = ""
+        path, pattern = Path(entry), ""
         if not path.exists() and _WILDCARD.search(entry):
             base, pattern = _split_pattern(entry)
             path = Path(base)
-        files = list_corpus_files(path, stats, warn)  # CorpusError for a missing root or one with no file
         path = path.absolute()  # a task on another machine (or in another directory) finds it at the same path
+        # (a pattern's walk counts nothing: what it skipped below the fixed directory may not match anyway)
+        files = list_corpus_files(path, CorpusStats() if pattern else stats, (lambda m: None) if pattern else warn)
         if path.is_file():
-            return str(path.parent), [(path.name, files[0].stat().st_size)], False
+            return str(path.parent), [(path.name, _size(files[0]))], False
         location = Location.of(path)
-        names = {p.relative_to(path).as_posix(): _size(p) for p in files}
+        names = _matching({p.relative_to(path).as_posix(): _size(p) for p in files}, pattern)
     if pattern:
-        parts = pattern.split("/")
-        names = {n: s for n, s in names.items() if _matches(n.split("/"), parts)}
         if not names:
             raise CorpusError(f"{entry}: no file matches {pattern!r} under {location}")
         return location.url, list(names.items()), False
     files, used = _layout(location, names, split, warn, stats)
     return location.url, files, used
+
+
+def _matching(names: dict[str, int], pattern: str) -> dict[str, int]:
+    if not pattern:
+        return names
+    parts = pattern.split("/")
+    return {n: s for n, s in names.items() if _matches(n.split("/"), parts)}
 
 
 def _size(path: Path) -> int:

@@ -252,9 +252,9 @@ def table_texts(file: InputFile, fmt: str, field: str, lo: int | None = None,
             yield from _parquet_texts(file, field, lo, hi)
         else:
             yield from _arrow_texts(file, field, lo, hi)
-    except (pa.ArrowException, EOFError, ValueError) as e:
+    except (pa.ArrowException, OSError, EOFError, ValueError) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
-            raise
+            raise  # the file, not its data: counted unreadable
         reason = "truncated" if isinstance(e, EOFError) or _CUT_SHORT in str(e) else "corrupt"
         raise TableError(reason, f"unreadable {'Parquet' if fmt == 'parquet' else 'Arrow'} data ({_first_line(e)})") \
             from None
