@@ -34,7 +34,7 @@ BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 CHUNK = 8 << 20  # bytes per read when streaming an object (one ranged GET each on S3 and GCS)
 
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> pip extra of spanbert
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "hf": "hf"}  # protocol -> pip extra of spanbert
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InterruptedError)
 
 

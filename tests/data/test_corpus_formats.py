@@ -144,8 +144,9 @@ def test_a_parquet_build_on_two_workers_and_a_trained_vocabulary_match_the_json_
 def _held_out_keys(out: Path, manifest: dict) -> tuple[set, set]:
     keys = [read_arrow_file(out / p["path"]).column("doc_hash").to_numpy() for p in manifest["store"]]
     keys = np.concatenate(keys)
-    blocks = {s: np.concatenate([read_arrow_file(out / x["path"]).column("block_ids").values.to_numpy()
-                                 for x in manifest["shards"][s] if x["epoch"] == 0]) for s in ("train", "valid")}  # fmt: skip
+    blocks = {split: np.concatenate([read_arrow_file(out / x["path"]).column("block_ids").values.to_numpy()
+                                     for x in manifest["shards"][split] if x["epoch"] == 0])
+              for split in ("train", "valid")}  # fmt: skip
     return set(keys[blocks["valid"]].tolist()), set(keys[blocks["train"]].tolist())
 
 

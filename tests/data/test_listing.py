@@ -77,7 +77,8 @@ def test_a_save_to_disk_folder_reads_its_arrow_files_in_its_own_order(tmp_path):
     texts = [f"document number {i}" for i in range(30)]
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"), num_shards=3)
     state = json.loads((tmp_path / "ds" / "state.json").read_text())
-    assert names([tmp_path / "ds"]) == [(0, f["filename"]) for f in state["_data_files"]] and len(state["_data_files"]) == 3
+    assert len(state["_data_files"]) == 3
+    assert names([tmp_path / "ds"]) == [(0, f["filename"]) for f in state["_data_files"]]
 
 
 def test_a_dataset_dict_folder_reads_the_chosen_split(tmp_path):

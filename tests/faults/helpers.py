@@ -73,6 +73,12 @@ def dataset_bytes(root: Path) -> dict[str, bytes]:
     return files
 
 
+def shard_bytes(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Of `dataset_bytes`, what the trainer reads: the shards and the tokenizer. The store and the markers record
+    the input units, which differ between containers of the same documents (docs/FORMAT.md)."""
+    return {k: v for k, v in files.items() if k.startswith(("epoch-", "valid/")) or k == "tokenizer.json"}
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

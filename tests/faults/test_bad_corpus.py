@@ -14,12 +14,15 @@ import json
 import lzma
 import os
 import resource
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tests.faults.helpers import DATA_CLI, EXAMPLE, VOCAB, assert_clean_error, run, split_corpus
+from tests.faults.helpers import DATA_CLI, ENV, EXAMPLE, VOCAB, assert_clean_error, run, split_corpus
 from tests.faults.test_build_kills import assert_nothing_partial
 
 SMALL = ["--tokenizer", VOCAB, "--max-seq-len", "128"]
@@ -194,3 +197,110 @@ def test_dataset_files_are_readable_like_any_file_the_user_writes(tmp_path):
     modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*")
              if p.is_file()}  # fmt: skip
     assert set(modes.values()) == {0o644}, modes
+
+
+# ------------------------------------------------------------------------------------------ tables and folders
+def _parquet(texts: list, **columns) -> bytes:
+    """Parquet bytes as pyarrow writes them (a row group per 8 rows)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": texts, **columns}), sink, row_group_size=8)
+    return sink.getvalue().to_pybytes()
+
+
+def _arrow_stream(texts: list) -> bytes:
+    sink = pa.BufferOutputStream()
+    table = pa.table({"text": texts})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=8)
+    return sink.getvalue().to_pybytes()
+
+
+GOOD_ROWS = [GOOD_TEXT.split("\n\n")[0] + f" Row {i}." for i in range(40)]
+
+
+def _corrupt_footer(data: bytes) -> bytes:
+    """The footer's Thrift bytes overwritten; the magic at both ends intact."""
+    start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    return data[:start] + b"\xee" * (len(data) - start - 8) + data[-8:]
+
+
+# name -> (bytes, skip reason, what its warning says, documents of it kept)
+BAD_TABLES = {
+    "corrupt-footer.parquet": (_corrupt_footer(_parquet(GOOD_ROWS)), "corrupt", "unreadable Parquet footer", 0),
+    "cut.parquet": (_parquet(GOOD_ROWS)[:-100], "truncated", "without its footer", 0),
+    "cut.arrow": (_arrow_stream(GOOD_ROWS)[:-300], "truncated", "unreadable Arrow data", 32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TABLES))
+def test_bad_table_among_good_ones_is_skipped_named_and_counted(name, tmp_path):
+    data, reason, says, kept = BAD_TABLES[name]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.parquet").write_bytes(_parquet(GOOD_ROWS))
+    (corpus / name).write_bytes(data)
+    done = build(corpus, tmp_path / "out")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    warned = warnings_naming(done.stderr, name)
+    assert len(warned) == 1 and says in warned[0], done.stderr
+    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["corpus"]
+    assert stats["skipped"] == {reason: 1} and stats["documents"] == 40 + kept
+
+
+def test_a_wrong_text_column_or_split_is_one_line_naming_the_file(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.parquet").write_bytes(_parquet(GOOD_ROWS[:4], title=["t"] * 4, n=[1, 2, 3, 4]))
+    assert_clean_error(build(corpus, tmp_path / "o1", "--text-field", "body"), str(corpus / "a.parquet"),
+                       "no column 'body' (its string columns: text, title)", "--text-field")  # fmt: skip
+    assert_clean_error(build(corpus, tmp_path / "o2", "--text-field", "n"), str(corpus / "a.parquet"),
+                       "column 'n' holds int64, not strings")  # fmt: skip
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    splits = {s: datasets.Dataset.from_dict({"text": GOOD_ROWS[:4]}) for s in ("train", "test")}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dd"))
+    assert_clean_error(build(tmp_path / "dd", tmp_path / "o3", "--split", "validation"),
+                       str(tmp_path / "dd" / "dataset_dict.json"), "splits train, test", "--split")  # fmt: skip
+    assert not any((tmp_path / o).exists() and any((tmp_path / o).iterdir()) for o in ("o1", "o2", "o3"))
+
+
+def test_a_corpus_of_unreadable_tables_only_is_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("corrupt-footer.parquet", "cut.parquet"):
+        (corpus / name).write_bytes(BAD_TABLES[name][0])
+    line = assert_clean_error(build(corpus, tmp_path / "out"), str(corpus))
+    assert "2 files skipped (corrupt: 1, truncated: 1)" in line
+
+
+def test_a_file_the_user_may_not_read_is_skipped_named_and_counted(tmp_path):
+    """chmod 000 stops every user but root, whose capabilities override file modes: as root, the build runs with
+    those two capabilities dropped (setpriv), so that it meets the permission check any other user meets."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: chmod 000 cannot deny a read")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.parquet").write_bytes(_parquet(GOOD_ROWS))
+    (corpus / "denied.parquet").write_bytes(_parquet(GOOD_ROWS))
+    (corpus / "denied.parquet").chmod(0)
+    done = run([*prefix, *DATA_CLI, "build", "--corpus", corpus, "--out", tmp_path / "out", *SMALL])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    warned = warnings_naming(done.stderr, "denied.parquet")
+    assert len(warned) == 1 and "ermission denied" in warned[0], done.stderr
+    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["corpus"]
+    assert stats["skipped"] == {"unreadable": 1} and stats["documents"] == 40
+
+
+def test_an_hf_url_without_huggingface_hub_is_one_line(tmp_path):
+    """hf:// needs the optional extra; without it (an import that fails, as where it is not installed) one line
+    says which."""
+    blocked = tmp_path / "blocked" / "huggingface_hub"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('huggingface_hub is not installed here')\n")
+    env = {**ENV, "PYTHONPATH": f"{blocked.parent}{os.pathsep}{ENV['PYTHONPATH']}"}
+    url = "hf://datasets/wikimedia/wikipedia/20231101.en"
+    assert_clean_error(build(url, tmp_path / "out", env=env), url, "pip install 'spanbert[hf]'")

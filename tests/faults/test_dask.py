@@ -1,6 +1,7 @@
 """The build on a real Dask cluster (`dask scheduler` and `dask worker` processes on 127.0.0.1):
 the same bytes as the local build for 1, 2 and 3 workers; a worker SIGKILLed mid-build and a driver
-SIGKILLed mid-build change nothing; a worker that cannot see the output directory is one error line."""
+SIGKILLed mid-build change nothing, also for a Parquet file cut into row-group units (whose shards are those of
+the JSON Lines build of the same documents); a worker that cannot see the output directory is one error line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.helpers import (
@@ -22,6 +25,7 @@ from tests.faults.helpers import (
     assert_clean_error,
     dataset_bytes,
     run,
+    shard_bytes,
     spawn,
     split_corpus,
     wait_for,
@@ -145,6 +149,28 @@ def test_the_driver_killed_mid_build_resumes_to_the_same_bytes(corpus, cluster, 
     done = run(build_cmd(source, out, "--scheduler", cluster.address))
     assert done.returncode == 0, done.stderr[-3000:]
     assert dataset_bytes(out) == expected
+
+
+def test_a_parquet_file_with_a_worker_killed_builds_the_json_lines_shards(corpus, cluster, tmp_path):
+    """One Parquet file of the same documents, row groups of 8 documents: about 30 units, each read by the worker
+    that runs it; one worker is killed once some are done."""
+    source, expected = corpus
+    texts = [json.loads(line)["text"] for path in sorted(source.iterdir()) for line in path.read_text().splitlines()]
+    parquet = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"text": texts}), parquet, row_group_size=8)
+    victim = cluster.add_worker()
+    cluster.add_worker()
+    cluster.wait_for_workers(2)
+    out = tmp_path / "out"
+    driver = spawn(build_cmd(parquet, out, "--scheduler", cluster.address), stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: _markers(out) >= 2 or driver.poll() is not None, 240)
+    assert driver.poll() is None, "the build ended before the worker could be killed"
+    victim.send_signal(signal.SIGKILL)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err[-3000:]
+    (plan,) = json.loads((out / "build.json").read_text())["sources"]
+    assert plan[0] == "table" and len(plan[-1]) - 1 >= 4  # row-group units
+    assert shard_bytes(dataset_bytes(out)) == shard_bytes(expected)
 
 
 def _hiding_prefix(hidden: Path) -> tuple | None:

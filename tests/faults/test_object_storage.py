@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
-moto_server = pytest.importorskip("moto.server")  # the `test` extra installs moto[server] and s3fs
-s3fs = pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")  # the `test` extra installs moto[server] and s3fs
+pytest.importorskip("s3fs")
 
 from spanbert_data.errors import DatasetError, RemoteError  # noqa: E402
 from spanbert_data.remote import Remote  # noqa: E402
 from tests.faults.helpers import (  # noqa: E402
     DATA_CLI,
-    ENV,
     EXAMPLE,
     TINY_MODEL,
     TRAIN_CLI,
@@ -42,55 +40,14 @@ from tests.faults.helpers import (  # noqa: E402
     train_losses,
     wait_for,
 )
+from tests.faults.s3_server import BUCKET, S3  # noqa: E402
 
-BUCKET = "spanbert"
 # The sizes only (rows of 64 slots for the tiny model, several units and shards, two mask epochs); the same for
 # the local and the remote builds.
 OPTIONS = ["--max-seq-len", "64", "--unit-mb", "0.1", "--rows-per-shard", "128", "--mask-epochs", "2"]
 STEPS = 32  # 25 global batches of 48 rows per epoch: the runs enter the second epoch (the other mask epoch)
 TRAIN = [*TINY_MODEL, "--global-batch-size", "48", "--micro-batch", "24", "--max-steps", STEPS, "--log-every", "1",
          "--eval-every", "0", "--save-every", "0", "--seed", "3"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class S3:
-    """The moto server of this module, the environment that points the AWS SDK at it, and an s3fs client."""
-
-    def __init__(self, tmp: Path):
-        import logging
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self.port = _free_port()
-        self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-        self.aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-        self.env = {**ENV, **self.aws, "SPANBERT_CACHE": str(tmp / "cache")}
-        self.fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.aws["AWS_ENDPOINT_URL"])
-        self.fs.mkdir(BUCKET)
-
-    def objects(self, prefix: str) -> dict[str, bytes]:
-        """Every object under s3://BUCKET/prefix by relative name, store markers without their timing (as
-        helpers.dataset_bytes reads a local dataset)."""
-        self.fs.invalidate_cache()
-        found = {}
-        for path in self.fs.find(f"{BUCKET}/{prefix}"):
-            rel = path[len(f"{BUCKET}/{prefix}/") :]
-            data = self.fs.cat_file(path)
-            if rel.startswith("store/") and rel.endswith(".json"):
-                marker = json.loads(data)
-                marker.pop("seconds", None)
-                data = json.dumps(marker).encode()
-            found[rel] = data
-        return found
-
-    def url(self, prefix: str) -> str:
-        return f"s3://{BUCKET}/{prefix}"
 
 
 @pytest.fixture(scope="module")
