@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,3 +111,28 @@ def write_result(name: str, payload: dict, out_dir: str | Path | None = None) ->
     """``out_dir``/NAME.json (default bench/results/), stamped with the bench name and date."""
     payload = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
     return write_json((Path(out_dir) if out_dir else RESULTS) / f"{name}.json", payload)
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str) -> Iterator:
+    """A real S3 server on 127.0.0.1 for the length of the block (moto's ThreadedMotoServer, in this process), the AWS
+    variables of this process pointing at it, and `bucket` made; yields an s3fs client. Needs the test extra."""
+    import logging
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
+    try:
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(bucket)
+        yield fs
+    finally:
+        server.stop()

@@ -35,7 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import local_s3, machine_info, write_result  # noqa: E402
 from spanbert_data.files import atomic_write_json, sha256_file  # noqa: E402
 from spanbert_data.packing import record_batch_columns, rows_to_record_batch  # noqa: E402
 from spanbert_data.rowcheck import first_bad_row  # noqa: E402
@@ -143,25 +143,9 @@ def remote_streams(tiled: Path, tmp: Path, args) -> dict:
     """The same stream from a local S3 server (moto's ThreadedMotoServer on 127.0.0.1, objects in this process):
     a cold cache (empty: the first step waits for the shards it touches, the rest of the epochs download behind
     the training) and a warm one (every object already verified in the cache), against the local files."""
-    import logging
-    import socket
-
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
     from spanbert_train.remote_data import Storage
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
-    try:
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("bench")
+    with local_s3("bench") as fs:
         t0 = time.perf_counter()
         for path in sorted(tiled.rglob("*")):
             if path.is_file():
@@ -176,8 +160,6 @@ def remote_streams(tiled: Path, tmp: Path, args) -> dict:
                 runs[mode].append(stream(data, "sha256", args.global_batch, args.micro_batch, args.world,
                                          args.stream_steps, storage))  # fmt: skip
             shutil.rmtree(cache)
-    finally:
-        server.stop()
     return {"runs": runs, "upload_s": upload_s}
 
 
