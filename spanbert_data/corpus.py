@@ -3,12 +3,12 @@
 Every file is detected by content, never by name. A Parquet file or an Arrow IPC file or stream (their magic
 bytes, tables.py) gives one document per row of its text column (`--text-field`, default ``text``), its text
 split into lines exactly as a JSON Lines record's. Otherwise compression by magic bytes (gzip, bzip2, xz, zstd),
-then the format by sniffing the first non-blank decompressed bytes:
+then the format by sniffing the first non-blank decompressed bytes (streams.detect_format), read by its reader in
+formats.py:
 
 - ``<mediawiki`` (after an optional ``<?xml …?>``): a raw MediaWiki XML dump, articles only (`wikixml.py`);
-- ``<doc …>``: WikiExtractor text output (its header line repeating the title is dropped);
-- ``{`` and a first line that is a JSON object: JSON Lines with a ``text`` field (or `--text-field`;
-  WikiExtractor ``--json`` and any other), ``id``/``title`` kept for provenance;
+- ``<doc …>``: WikiExtractor text output;
+- ``{`` and a first line that is a JSON object: JSON Lines with a ``text`` field (or `--text-field`);
 - anything else: plain text, one sentence or paragraph per line, a blank line between documents.
 
 Everything streams: memory is bounded by `MAX_LINE_CHARS` and `MAX_DOC_CHARS`, never by the file size.
@@ -31,39 +31,30 @@ a time, as local paths or `inputs.InputFile`s.
 from __future__ import annotations
 
 import contextlib
-import html
+import functools
 import io
-import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
 from spanbert_data.errors import CorpusError
+from spanbert_data.formats import READERS, Document, DocumentBuilder
 from spanbert_data.inputs import InputFile
 from spanbert_data.location import Location
 from spanbert_data.progress import stderr
 from spanbert_data.streams import (
-    ATTRIBUTE,
     CHUNK,
     DECOMPRESSION_ERRORS,
-    MAX_LINE_CHARS,
-    WIKIEXTRACTOR_DOC,
     CountingReader,
-    clean_text,
     detect_format,
-    json_lines,
     open_decompressed,
     open_raw,
     sniff,
-    text_lines,
 )
 from spanbert_data.tables import TableError, table_format, table_texts
-from spanbert_data.wikixml import iter_pages, wikitext_to_lines
-
-MAX_DOC_CHARS = 1 << 23  # a longer document is emitted in parts (a 20 GB file with no blank line)
 
 FILE_REASONS = ("binary", "empty", "unreadable", "symlink_loop", "hidden", "truncated", "corrupt",
                 "unsupported_xml", "no_text")
@@ -72,17 +63,6 @@ FILE_REASONS = ("binary", "empty", "unreadable", "symlink_loop", "hidden", "trun
 def print_to_stderr(message: str) -> None:
     """The default warning sink: one line on stderr."""
     stderr(f"warning: {message}")
-
-
-@dataclass
-class Document:
-    """One document: its non-empty, whitespace-stripped text lines (sentences or paragraphs), in order."""
-
-    lines: list[str]
-    source: str  # file path relative to the corpus root, posix style (the file name if the root is a file)
-    index: int  # 0-based index of the document within its file
-    id: str | None = None
-    title: str | None = None
 
 
 @dataclass
@@ -199,9 +179,7 @@ def read_formatted(open_stream: Callable[[contextlib.ExitStack], BinaryIO], sour
     `open_stream(stack)` opens the stream; errors are counted as in `read_documents`. A part that is not
     the file's first (`whole_file=False`) neither counts the file nor warns when it holds no document.
     """
-    readers = {"mediawiki": _read_mediawiki, "wikiextractor": _read_wikiextractor, "text": _read_plain,
-               "jsonl": lambda stream, source, stats, warn: _read_jsonl(stream, source, stats, warn, text_field)}
-    reader = readers[fmt]
+    reader = functools.partial(READERS[fmt], text_field=text_field) if fmt == "jsonl" else READERS[fmt]
     documents_before, replaced_before, failed = stats.documents, stats.replaced_chars, False
     counter = None
     with contextlib.ExitStack() as stack:
@@ -281,145 +259,3 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return Path(os.path.relpath(path, root)).as_posix()
-
-
-class DocumentBuilder:
-    """Collects the lines of the current document and cuts it into parts of at most MAX_DOC_CHARS."""
-
-    def __init__(self, source: str, stats: CorpusStats):
-        self.source, self.stats = source, stats
-        self.index = 0
-        self.lines: list[str] = []
-        self.chars = 0
-        self.id: str | None = None
-        self.title: str | None = None
-
-    def start(self, id: str | None = None, title: str | None = None) -> Iterator[Document]:
-        yield from self.finish()
-        self.id, self.title = id, title
-
-    def add(self, line: str) -> Iterator[Document]:
-        line = line.strip()
-        while len(line) > MAX_LINE_CHARS:  # e.g. a JSON text without newlines: cut at the last space
-            cut = line.rfind(" ", 0, MAX_LINE_CHARS)
-            cut = cut if cut > 0 else MAX_LINE_CHARS
-            yield from self.add(line[:cut])
-            line = line[cut:].strip()
-        if line:
-            self.lines.append(line)
-            self.chars += len(line)
-            if self.chars >= MAX_DOC_CHARS:
-                yield from self._emit()
-
-    def text(self, text: str, id: str | None = None, title: str | None = None) -> Iterator[Document]:
-        """One document from a whole text (a JSON Lines record's, a table row's): its lines as `str.splitlines`
-        cuts them, each stripped, blank ones dropped; an empty text is counted ``empty_document``."""
-        yield from self.start(id, title)
-        for part in text.splitlines():
-            yield from self.add(part)
-        yield from self.finish(count_empty=True)
-
-    def texts(self, texts: Iterable[str | None]) -> Iterator[Document]:
-        """`text` of each text in turn (cleaned like a text file's: NULs removed, undecodable bytes replaced);
-        None (a null in a table) is passed over: the caller counts it."""
-        for text in texts:
-            if text is not None:
-                yield from self.text(clean_text(text, self.stats))
-
-    def finish(self, count_empty: bool = False) -> Iterator[Document]:
-        if self.lines:
-            yield from self._emit()
-        elif count_empty:
-            self.stats.skip("empty_document")
-        self.id = self.title = None
-
-    def _emit(self) -> Iterator[Document]:
-        doc = Document(self.lines, self.source, self.index, self.id, self.title)
-        self.index += 1
-        self.lines, self.chars = [], 0
-        yield doc
-
-
-# --- the four formats -----------------------------------------------------------------------------
-
-def _read_plain(stream, source, stats, warn) -> Iterator[Document]:
-    builder = DocumentBuilder(source, stats)
-    for line in text_lines(stream, stats):
-        if line.strip():
-            yield from builder.add(line)
-        else:
-            yield from builder.finish()
-    yield from builder.finish()
-
-
-def _read_wikiextractor(stream, source, stats, warn) -> Iterator[Document]:
-    """WikiExtractor text output: ``<doc id=… url=… title=…>``, the title again, the text, ``</doc>``.
-    WikiExtractor escapes & < > in the text; they are unescaped here."""
-    builder = DocumentBuilder(source, stats)
-    inside, expect_title, outside = False, False, 0
-    for line in text_lines(stream, stats):
-        stripped = line.strip()
-        if not stripped:
-            continue
-        match = WIKIEXTRACTOR_DOC.match(stripped)
-        if match:
-            attrs = {k: html.unescape(v) for k, v in ATTRIBUTE.findall(match.group(1) or "")}
-            yield from builder.finish(count_empty=inside)  # a <doc> left open ends here
-            yield from builder.start(attrs.get("id"), attrs.get("title"))
-            inside, expect_title = True, True
-        elif stripped == "</doc>":
-            yield from builder.finish(count_empty=inside)
-            inside = False
-        elif not inside:
-            outside += 1
-        else:
-            text = html.unescape(stripped)
-            if not (expect_title and text == builder.title):  # the header line repeating the title
-                yield from builder.add(text)
-            expect_title = False
-    yield from builder.finish(count_empty=inside)
-    if outside:
-        warn(f"{source}: {outside} lines outside <doc> … </doc> ignored")
-        stats.skip("text_outside_doc", outside)
-
-
-def _read_jsonl(stream, source, stats, warn, text_field: str = "text") -> Iterator[Document]:
-    """JSON Lines: one object per line with a string ``text`` (`text_field`); ``id`` and ``title`` kept if present.
-    Records shaped like WikiExtractor ``--json`` output (a ``url`` with ``curid=``) get its
-    HTML escaping of & < > undone."""
-    builder = DocumentBuilder(source, stats)
-    bad, first_bad = 0, 0
-    for number, line in enumerate(json_lines(stream, stats), start=1):
-        if line is not None and not line.strip():
-            continue
-        record = None
-        if line is not None:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            bad += 1
-            first_bad = first_bad or number
-            continue
-        text = clean_text(record[text_field], stats)  # JSON escapes can carry NULs and lone surrogates too
-        if "curid=" in str(record.get("url", "")):
-            text = html.unescape(text)
-        ident, title = record.get("id"), record.get("title")
-        yield from builder.text(text, None if ident is None else str(ident), None if title is None else str(title))
-    if bad:
-        warn(f"{source}: {bad} bad JSON lines skipped (not an object with a string {text_field!r}; first: line "
-             f"{first_bad})")
-        stats.skip("bad_json_line", bad)
-
-
-def _read_mediawiki(stream, source, stats, warn) -> Iterator[Document]:
-    builder = DocumentBuilder(source, stats)
-    for page in iter_pages(stream):
-        if page.ns != 0:
-            stats.skip("non_article")
-        elif page.redirect:
-            stats.skip("redirect")
-        else:
-            yield from builder.start(page.id, page.title)
-            for line in wikitext_to_lines(clean_text(page.text, stats)):
-                yield from builder.add(line)
-            yield from builder.finish(count_empty=True)

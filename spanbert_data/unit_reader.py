@@ -6,7 +6,7 @@ any line (JSON Lines), a line starting ``<page>`` (MediaWiki XML). A unit owns t
 start in [boundary(start), boundary(end)); the unit before it computes the same boundary from the
 same bytes, so every document is read exactly once, whole. Plain text with no blank line for
 `BOUNDARY_WINDOW` bytes after a cut is cut at the next line start instead (the reader already splits
-such documents into parts of `corpus.MAX_DOC_CHARS`).
+such documents into parts of `formats.MAX_DOC_CHARS`).
 """
 
 from __future__ import annotations
