@@ -34,6 +34,8 @@ class S3:
                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
         self.env = {**ENV, **self.aws, "SPANBERT_CACHE": str(tmp / "cache")}
         self.fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.aws["AWS_ENDPOINT_URL"])
+        if self.fs.exists(BUCKET):  # moto keeps objects per process: those of a server another module started
+            self.fs.rm(BUCKET, recursive=True)
         self.fs.mkdir(BUCKET)
 
     def objects(self, prefix: str) -> dict[str, bytes]:

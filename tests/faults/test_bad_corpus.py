@@ -37,6 +37,14 @@ def warnings_naming(stderr: str, name: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("warning:") and name in line]
 
 
+def built_with_one_warning(done, out: Path, name: str, says: str) -> dict:
+    """A build that succeeded with exactly one warning naming `name` (saying `says`); its manifest's corpus stats."""
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    warned = warnings_naming(done.stderr, name)
+    assert len(warned) == 1 and says in warned[0], done.stderr
+    return json.loads((out / "manifest.json").read_text())["corpus"]
+
+
 def _truncated(compress) -> bytes:
     """Real, poorly compressible text (30 articles of the example corpus), cut at 2/3 of its compressed bytes."""
     data = compress(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[:30]))
@@ -63,11 +71,7 @@ def test_bad_file_among_good_ones_is_skipped_named_and_counted(name, tmp_path):
     corpus.mkdir()
     (corpus / "good.txt").write_text(GOOD_TEXT)
     (corpus / name).write_bytes(data)
-    done = build(corpus, tmp_path / "out")
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    warned = warnings_naming(done.stderr, name)
-    assert len(warned) == 1 and says in warned[0], done.stderr
-    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["corpus"]
+    stats = built_with_one_warning(build(corpus, tmp_path / "out"), tmp_path / "out", name, says)
     if reason is None:  # decoded with U+FFFD in place of each bad byte (NUL is a control character: replaced)
         assert stats["replaced_chars"] > 0 and stats["skipped"] == {}
     else:
@@ -239,11 +243,7 @@ def test_bad_table_among_good_ones_is_skipped_named_and_counted(name, tmp_path):
     corpus.mkdir()
     (corpus / "good.parquet").write_bytes(_parquet(GOOD_ROWS))
     (corpus / name).write_bytes(data)
-    done = build(corpus, tmp_path / "out")
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    warned = warnings_naming(done.stderr, name)
-    assert len(warned) == 1 and says in warned[0], done.stderr
-    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["corpus"]
+    stats = built_with_one_warning(build(corpus, tmp_path / "out"), tmp_path / "out", name, says)
     assert stats["skipped"] == {reason: 1} and stats["documents"] == 40 + kept
 
 
@@ -288,10 +288,7 @@ def test_a_file_the_user_may_not_read_is_skipped_named_and_counted(tmp_path):
     (corpus / "denied.parquet").write_bytes(_parquet(GOOD_ROWS))
     (corpus / "denied.parquet").chmod(0)
     done = run([*prefix, *DATA_CLI, "build", "--corpus", corpus, "--out", tmp_path / "out", *SMALL])
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    warned = warnings_naming(done.stderr, "denied.parquet")
-    assert len(warned) == 1 and "ermission denied" in warned[0], done.stderr
-    stats = json.loads((tmp_path / "out" / "manifest.json").read_text())["corpus"]
+    stats = built_with_one_warning(done, tmp_path / "out", "denied.parquet", "ermission denied")
     assert stats["skipped"] == {"unreadable": 1} and stats["documents"] == 40
 
 

@@ -29,18 +29,11 @@ from tests.faults.helpers import (  # noqa: E402
     run,
     shard_bytes,
 )
-from tests.faults.s3_server import BUCKET, S3  # noqa: E402
+from tests.faults.s3_server import BUCKET  # noqa: E402
 
 # Small units: the Parquet file is cut into row-group units, the JSON Lines file into byte ranges.
 OPTIONS = ["--tokenizer", VOCAB, "--max-seq-len", "128", "--unit-mb", "0.08", "--rows-per-shard", "400"]
 ARTICLES = [json.loads(line)["text"] for line in EXAMPLE.read_text().splitlines()[:30]]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3(tmp_path_factory.mktemp("s3"))
-    yield server
-    server.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -120,19 +120,23 @@ def _markers(out: Path) -> int:
     return len(list((out / "store").glob("unit-*.json"))) if (out / "store").is_dir() else 0
 
 
-def test_a_worker_killed_mid_build_changes_nothing(corpus, cluster, tmp_path):
-    source, expected = corpus
+def _build_killing_a_worker(cluster: Cluster, source: Path, out: Path) -> None:
+    """A build on two workers, one SIGKILLed once two units are done; it must finish."""
     victim = cluster.add_worker()
     cluster.add_worker()
     cluster.wait_for_workers(2)
-    out = tmp_path / "out"
     driver = spawn(build_cmd(source, out, "--scheduler", cluster.address), stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: _markers(out) >= 2 or driver.poll() is not None, 240)
     assert driver.poll() is None, "the build ended before the worker could be killed"
     victim.send_signal(signal.SIGKILL)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err[-3000:]
-    assert dataset_bytes(out) == expected
+
+
+def test_a_worker_killed_mid_build_changes_nothing(corpus, cluster, tmp_path):
+    source, expected = corpus
+    _build_killing_a_worker(cluster, source, tmp_path / "out")
+    assert dataset_bytes(tmp_path / "out") == expected
 
 
 def test_the_driver_killed_mid_build_resumes_to_the_same_bytes(corpus, cluster, tmp_path):
@@ -158,16 +162,8 @@ def test_a_parquet_file_with_a_worker_killed_builds_the_json_lines_shards(corpus
     texts = [json.loads(line)["text"] for path in sorted(source.iterdir()) for line in path.read_text().splitlines()]
     parquet = tmp_path / "corpus.parquet"
     pq.write_table(pa.table({"text": texts}), parquet, row_group_size=8)
-    victim = cluster.add_worker()
-    cluster.add_worker()
-    cluster.wait_for_workers(2)
     out = tmp_path / "out"
-    driver = spawn(build_cmd(parquet, out, "--scheduler", cluster.address), stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: _markers(out) >= 2 or driver.poll() is not None, 240)
-    assert driver.poll() is None, "the build ended before the worker could be killed"
-    victim.send_signal(signal.SIGKILL)
-    _, err = driver.communicate(timeout=300)
-    assert driver.returncode == 0, err[-3000:]
+    _build_killing_a_worker(cluster, parquet, out)
     (plan,) = json.loads((out / "build.json").read_text())["sources"]
     assert plan[0] == "table" and len(plan[-1]) - 1 >= 4  # row-group units
     assert shard_bytes(dataset_bytes(out)) == shard_bytes(expected)

@@ -51,13 +51,6 @@ TRAIN = [*TINY_MODEL, "--global-batch-size", "48", "--micro-batch", "24", "--max
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3(tmp_path_factory.mktemp("s3"))
-    yield server
-    server.server.stop()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """The first 10 articles of the bundled sample (0.4 MB): four input units, 22 shards per mask epoch."""
     path = tmp_path_factory.mktemp("corpus") / "wiki.jsonl"
