@@ -24,6 +24,7 @@ from bench.common import machine_info, write_result
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.inputs import Corpus
 from spanbert_data.listing import list_corpus_files
 from spanbert_data.store import build_unit
 from spanbert_data.tokenizer import load_tokenizer
@@ -72,7 +73,8 @@ def main() -> None:
 
         def pass1():
             out = tmp / "out"
-            marker = build_unit(out, tmp / "corpus", Unit(0, 0, "files", ("wiki.txt",), nbytes), tok, 510)
+            unit = Unit(0, 0, "files", ("wiki.txt",), nbytes)
+            marker = build_unit(out, Corpus([str(tmp / "corpus")]), unit, tok, 510)
             return marker["tokens"]
 
         runs = iter(range(1 << 30))
