@@ -81,8 +81,8 @@ def _list_entry(entry: str, storage_options, split: str, stats: CorpusStats,
         base, pattern = _split_pattern(entry) if _WILDCARD.search(entry) else (entry, "")
         location = Location.of(base, storage_options)
         names = _visible(_matching(location.listing(), pattern), stats)
-        if not names and not pattern:  # a URL naming one object: list it under its parent
-            parent, name = entry.rstrip("/").rsplit("/", 1)
+        if not names and not pattern and "/" in entry.split("://", 1)[1].strip("/"):
+            parent, name = entry.rstrip("/").rsplit("/", 1)  # a URL naming one object: listed under its parent
             size = Location.of(parent, storage_options).size(name)
             if size is not None:
                 return parent, [(name, size)], False
