@@ -210,10 +210,10 @@ def read_table(file: InputFile, source: str, fmt: str, text_field: str, stats: C
     documents_before, replaced_before, failed, nulls = stats.documents, stats.replaced_chars, False, 0
     builder = DocumentBuilder(source, stats)
     try:
-        for texts, nbytes in table_texts(file, fmt, text_field, lo, hi):
+        for texts, nbytes, valid_utf8 in table_texts(file, fmt, text_field, lo, hi):
             stats.bytes += nbytes
             nulls += texts.count(None)
-            yield from _counted(builder.texts(texts), stats)
+            yield from _counted(builder.texts(texts, valid_utf8), stats)
     except TableError as exc:
         kept = "kept the rows before it" if stats.documents > documents_before else "skipped"
         warn(f"{source}: {exc}; {kept}")

@@ -68,16 +68,20 @@ class DocumentBuilder:
         """One document from a whole text (a JSON Lines record's, a table row's): its lines as `str.splitlines`
         cuts them, each stripped, blank ones dropped; an empty text is counted ``empty_document``."""
         yield from self.start(id, title)
-        for part in text.splitlines():
-            yield from self.add(part)
+        if len(text) < MAX_LINE_CHARS and not self.lines:  # no line to cut, no part to emit: what `add` does, at once
+            self.lines = [line for line in map(str.strip, text.splitlines()) if line]
+            self.chars = sum(map(len, self.lines))
+        else:
+            for part in text.splitlines():
+                yield from self.add(part)
         yield from self.finish(count_empty=True)
 
-    def texts(self, texts: Iterable[str | None]) -> Iterator[Document]:
-        """`text` of each text in turn (cleaned like a text file's: NULs removed, undecodable bytes replaced);
-        None (a null in a table) is passed over: the caller counts it."""
+    def texts(self, texts: Iterable[str | None], valid_utf8: bool = False) -> Iterator[Document]:
+        """`text` of each text in turn (cleaned like a text file's: NULs removed, undecodable bytes replaced, unless
+        `valid_utf8` says there are none); None (a null in a table) is passed over: the caller counts it."""
         for text in texts:
             if text is not None:
-                yield from self.text(clean_text(text, self.stats))
+                yield from self.text(clean_text(text, self.stats, surrogates=not valid_utf8))
 
     def finish(self, count_empty: bool = False) -> Iterator[Document]:
         if self.lines:

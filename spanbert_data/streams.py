@@ -194,12 +194,13 @@ def detect_format(head: bytes) -> str:
 
 # --- decoded lines -----------------------------------------------------------------------------------
 
-def clean_text(text: str, stats) -> str:
-    """Remove NULs and replace undecodable bytes (decoded as lone surrogates) by U+FFFD, counting both."""
+def clean_text(text: str, stats, surrogates: bool = True) -> str:
+    """Remove NULs and replace undecodable bytes (decoded as lone surrogates) by U+FFFD, counting both.
+    `surrogates=False`: the text was decoded from valid UTF-8, which holds none (and the search is the slow part)."""
     if "\x00" in text:
         stats.replaced_chars += text.count("\x00")
         text = text.replace("\x00", "")
-    if not text.isascii():
+    if surrogates and not text.isascii():
         text, n = _LONE_SURROGATE.subn("\ufffd", text)
         stats.replaced_chars += n
     return text

@@ -78,19 +78,20 @@ def check_text_field(schema: pa.Schema, field: str, where: str) -> None:
                           "name the column that holds the text with --text-field")  # fmt: skip
 
 
-def _texts(column: pa.Array | pa.ChunkedArray) -> Iterator[tuple[list, int]]:
-    """(texts, UTF-8 bytes) per chunk of a string column; None for a null. Bytes that are not UTF-8 (a writer that
-    did not check) come back as lone surrogates, which the corpus reader replaces and counts like a text file's."""
+def _texts(column: pa.Array | pa.ChunkedArray) -> Iterator[tuple[list, int, bool]]:
+    """(texts, UTF-8 bytes, valid UTF-8) per chunk of a string column; None for a null. Bytes that are not UTF-8 (a
+    writer that did not check) come back as lone surrogates, which the corpus reader replaces and counts like a
+    text file's; valid UTF-8 holds none, and the reader need not look for them."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     for chunk in chunks:
         if pa.types.is_dictionary(chunk.type):
             chunk = chunk.dictionary_decode()
         nbytes = int(pc.sum(pc.binary_length(chunk.cast(pa.large_binary()))).as_py() or 0)
         try:
-            yield chunk.to_pylist(), nbytes
+            yield chunk.to_pylist(), nbytes, True
         except UnicodeDecodeError:
             raw = chunk.cast(pa.large_binary()).to_pylist()
-            yield [None if b is None else b.decode("utf-8", "surrogateescape") for b in raw], nbytes
+            yield [None if b is None else b.decode("utf-8", "surrogateescape") for b in raw], nbytes, False
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -244,9 +245,10 @@ def _read_schema(message: bytes) -> pa.Schema:
 
 # ------------------------------------------------------------------------------------------ reading
 def table_texts(file: InputFile, fmt: str, field: str, lo: int | None = None,
-                hi: int | None = None) -> Iterator[tuple[list, int]]:  # fmt: skip
-    """(texts, UTF-8 bytes) per row group or record batch of pieces [lo, hi) (the whole file when lo is None), in
-    file order. TableError when the file (or a piece of it) cannot be read: the texts before it were yielded."""
+                hi: int | None = None) -> Iterator[tuple[list, int, bool]]:  # fmt: skip
+    """(texts, UTF-8 bytes, valid UTF-8) per row group or record batch of pieces [lo, hi) (the whole file when lo is
+    None), in file order. TableError when the file (or a piece of it) cannot be read: the texts before it were
+    yielded."""
     try:
         if fmt == "parquet":
             yield from _parquet_texts(file, field, lo, hi)
@@ -260,7 +262,7 @@ def table_texts(file: InputFile, fmt: str, field: str, lo: int | None = None,
             from None
 
 
-def _parquet_texts(file: InputFile, field: str, lo: int | None, hi: int | None) -> Iterator[tuple[list, int]]:
+def _parquet_texts(file: InputFile, field: str, lo: int | None, hi: int | None) -> Iterator[tuple]:
     if lo is None:
         meta = _parquet_metadata(file)
         check_text_field(meta.schema.to_arrow_schema(), field, file.url)
@@ -271,7 +273,7 @@ def _parquet_texts(file: InputFile, field: str, lo: int | None, hi: int | None) 
             yield from _texts(reader.read_row_group(group, columns=[field]).column(field))
 
 
-def _arrow_texts(file: InputFile, field: str, lo: int | None, hi: int | None) -> Iterator[tuple[list, int]]:
+def _arrow_texts(file: InputFile, field: str, lo: int | None, hi: int | None) -> Iterator[tuple]:
     if lo is None:
         stream = _whole_stream(file)
         check_text_field(stream.schema, field, file.url)

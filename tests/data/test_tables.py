@@ -89,6 +89,15 @@ def test_null_texts_are_skipped_and_counted_and_other_columns_ignored(tmp_path):
     assert stats.skipped == {"null_text": 2} and any("2 rows whose 'text' is null" in w for w in warnings)
 
 
+def test_bytes_that_are_not_utf8_are_replaced_and_counted_as_in_a_text_file(tmp_path):
+    """A writer that did not check its strings: the bad byte becomes U+FFFD, counted, as a text file's would."""
+    pq.write_table(pa.table({"text": pa.array([b"caf\xe9 au lait", b"fine"]).view(pa.string())}), tmp_path / "t.pq")
+    (tmp_path / "t.txt").write_bytes(b"caf\xe9 au lait\n\nfine\n")
+    docs, stats, warnings = read(tmp_path / "t.pq")
+    assert docs == read(tmp_path / "t.txt")[0] == [["caf\ufffd au lait"], ["fine"]]
+    assert stats.replaced_chars == 1 and "1 undecodable bytes replaced" in warnings[0]
+
+
 def test_the_text_field_option_names_the_column_and_the_json_field(tmp_path):
     texts = ["alpha beta", "gamma delta"]
     path = tmp_path / "t.parquet"
