@@ -9,9 +9,9 @@ or the continuation marker 0xFFFFFFFF that opens an Arrow IPC stream's first mes
   uncompressed bytes of the text column in each), or an Arrow file's message headers one by one, skipping the
   bodies (the byte range of each record batch). Row groups and record batches are the *pieces* that units are cut
   from (units.py), so one 10 GB file spreads over every worker.
-- **Reading** (a task, `table_texts`) reads only its pieces: `read_row_group(i, columns=[field])` for Parquet (one
-  ranged read of the column chunk in a bucket), or the bytes of its record batches behind the stream's schema
-  message for Arrow.
+- **Reading** (a task, `table_texts`) reads only its pieces: its row groups' text column for Parquet (one ranged
+  read of each column chunk in a bucket; decoded `_ROWS_PER_BATCH` rows at a time, so memory stays bounded even
+  for huge row groups), or the bytes of its record batches behind the stream's schema message for Arrow.
 
 A missing or non-string text column is the user's to fix: `CorpusError`, one line listing the file's string
 columns. A file that cannot be read (a corrupt footer, a file cut short) raises `TableError` with the reason it is
@@ -37,6 +37,7 @@ CONTINUATION = b"\xff\xff\xff\xff"  # before every message's length in the IPC f
 _HEADER_PROBE = 1 << 16  # bytes read at a message's start: its length prefix and (almost always) all its metadata
 _MAX_METADATA = 1 << 28  # a message header longer than this is not one
 _SCHEMA, _DICTIONARY, _RECORD_BATCH = 1, 2, 3  # Arrow's MessageHeader union types
+_ROWS_PER_BATCH = 4096  # rows of a Parquet row group decoded at once
 _CUT_SHORT = "Expected to be able to read"  # how pyarrow says that an IPC message ends after the data
 
 
@@ -267,10 +268,13 @@ def _parquet_texts(file: InputFile, field: str, lo: int | None, hi: int | None) 
         meta = _parquet_metadata(file)
         check_text_field(meta.schema.to_arrow_schema(), field, file.url)
         lo, hi = 0, meta.num_row_groups
+    if hi <= lo:
+        return
     with contextlib.closing(_random_access(file)) as source:
         reader = pq.ParquetFile(source)
-        for group in range(lo, hi):
-            yield from _texts(reader.read_row_group(group, columns=[field]).column(field))
+        # Decoded a few thousand rows at a time: a row group of a GB holds no more than that many texts in memory.
+        for batch in reader.iter_batches(_ROWS_PER_BATCH, row_groups=range(lo, hi), columns=[field]):
+            yield from _texts(batch.column(field))
 
 
 def _arrow_texts(file: InputFile, field: str, lo: int | None, hi: int | None) -> Iterator[tuple]:
