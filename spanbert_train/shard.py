@@ -91,6 +91,20 @@ class Shard:
         if self.hash_check is not None:
             self.hash_check.ensure()
 
+    # The download thread's interface (spanbert_train.remote_data.RemoteShard), for a local shard in a blend with a
+    # dataset in object storage: nothing to download or let go of; `ensure` hashes it ahead of need.
+    def prefetch(self, chunk: int) -> None:
+        """A local shard is already here."""
+
+    def downloaded(self) -> bool:
+        return True
+
+    def ensure(self, chunk: int | None) -> None:
+        self.verify_bytes()
+
+    def release_after(self, chunk: int) -> None:
+        """A local shard holds no place in the cache."""
+
 
 class RowSource:
     """Rows of a list of shards addressed by one index 0..N-1, gathered into batches."""
@@ -135,7 +149,10 @@ class RowSource:
         groups = [(s, shard == s) for s in np.unique(shard)]
         for s, _ in groups:
             self.shards[s].verify_bytes()
-        first = self.shards[0].columns["input_ids"]
+        # dtypes and width from a shard of these rows (all shards of a blend share them): touching another shard
+        # would make a remote one download
+        ref = self.shards[groups[0][0] if groups else 0]
+        first = ref.columns["input_ids"]
         ids = np.empty((len(rows), first.shape[1]), dtype=first.dtype)
         for s, sel in groups:
             ids[sel] = self.shards[s].columns["input_ids"][local[sel]]
@@ -144,7 +161,7 @@ class RowSource:
             lengths = self.counts(rows, name)
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            values = np.empty(int(offsets[-1]), dtype=self.shards[0].columns[name][1].dtype)
+            values = np.empty(int(offsets[-1]), dtype=ref.columns[name][1].dtype)
             for s, sel in groups:
                 src_off, src_val = self.shards[s].columns[name]
                 n = lengths[sel]
@@ -155,7 +172,7 @@ class RowSource:
                 values[dst] = src_val[src]
             out[name] = (offsets, values)
         if check:
-            vocab = self.shards[0].vocab_size
+            vocab = ref.vocab_size
             found = first_bad_row(out, vocab if vocab is not None else np.iinfo(np.int64).max)
             if found is not None:
                 i, what = found
