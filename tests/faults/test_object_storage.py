@@ -187,7 +187,8 @@ def books(local, tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("books-corpus") / "books.jsonl"
     corpus.write_bytes(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[10:16]))
     out = tmp_path_factory.mktemp("books") / "ds"
-    done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", out, *OPTIONS, "--tokenizer", local / "tokenizer.json"])
+    done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", out, *OPTIONS, "--tokenizer",
+                local / "tokenizer.json"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     return out
 

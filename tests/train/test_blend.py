@@ -10,10 +10,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from spanbert_data.errors import DatasetError
 from spanbert_train.blend import BlendOrder, epoch_order
 from spanbert_train.cli import main
 from spanbert_train.config import blend_weights
-from spanbert_data.errors import DatasetError
 from spanbert_train.data import Dataset, TrainLoader, open_blend
 from spanbert_train.errors import ConfigError
 from spanbert_train.evaluate import evaluate_checkpoint
@@ -239,7 +239,8 @@ def test_a_blend_logs_rows_by_dataset_and_evaluates_each_dataset_and_their_weigh
 def test_two_ranks_give_the_losses_of_one(wiki, books, tmp_path):
     args = ["--data", str(wiki), "--data", str(books), "--data-weights", "3,1", "--model", "tiny", "--max-steps", "10",
             "--global-batch-size", "8", "--micro-batch", "2", "--lr", "2e-3", "--warmup-steps", "1", "--eval-every",
-            "0", "--log-every", "1", "--save-every", "0", *[f"--model-set={k}={v}" for k, v in NO_DROPOUT.items()]]  # fmt: skip
+            "0", "--log-every", "1", "--save-every", "0",
+            *[f"--model-set={k}={v}" for k, v in NO_DROPOUT.items()]]  # fmt: skip
     two = _torchrun(2, [*args, "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     cfg = blend_config([wiki, books], [3, 1], tmp_path / "one", max_steps=10, micro=2, overrides=NO_DROPOUT, seed=1234)
