@@ -172,7 +172,7 @@ class RowSource:
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
             values = {name: np.empty(int(offsets[-1]), dtype=ref.columns[name][1].dtype) for name in group}
-            for (sh, loc, at), start in zip(groups, starts, strict=True):
+            for (sh, _, at), start in zip(groups, starts, strict=True):
                 n = lengths[at]
                 # Ragged copy: entry j of row i goes from start[i] + j to offsets[i] + j.
                 within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)

@@ -32,7 +32,7 @@ from spanbert_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from spanbert_train.config import TrainConfig
+from spanbert_train.config import TrainConfig, dataset_paths
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry, open_blend
 from spanbert_train.dist import raise_on_every_rank, setup_distributed, shutdown_distributed
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
@@ -184,7 +184,7 @@ class Trainer:
     def _check_same_datasets(self, path: Path, meta: dict) -> None:
         """A blend resumes only on the same datasets (by their manifests) with the same weights: the schedule and each
         dataset's place in its stream depend on both. (A single dataset resumes as before: by its tokenizer.)"""
-        saved = meta.get("datasets") or [{"weight": 1}]
+        saved = meta.get("datasets") or [{"path": p, "weight": 1} for p in dataset_paths(meta.get("config"))[:1]]
         now = self.blend.describe()
         if len(saved) == 1 and len(now) == 1:
             return
