@@ -47,7 +47,7 @@ def manifest_digest(dataset) -> str:
 
 
 class Blend:
-    """The datasets of a run (spanbert_train.data.Dataset) with their integer weights (config.blend_weights),
+    """The datasets of a run (spanbert_train.data.Dataset) with their integer weights (spanbert_train.weights),
     checked to fit together: one tokenizer (by its SHA-256) and one row length, each dataset once."""
 
     def __init__(self, datasets: list, weights: list[int] | None = None, names: list[str] | None = None):
@@ -91,6 +91,25 @@ class Blend:
         """The datasets as a checkpoint records them: name, integer weight, manifest digest."""
         return [{"path": n, "weight": w, "manifest_sha256": d}
                 for n, w, d in zip(self.names, self.weights, self.digests, strict=True)]  # fmt: skip
+
+    def summary(self, global_batch: int) -> str:
+        """One line: each dataset's share of a global batch."""
+        total = sum(self.weights)
+        return "data: a blend, rows per global batch by weight (spanbert_train.schedule): " + ", ".join(
+            f"{n} {w}/{total} ({global_batch * w / total:.4g} rows)"
+            for n, w in zip(self.names, self.weights, strict=True))  # fmt: skip
+
+    def check_resume(self, saved: list[dict], checkpoint) -> None:
+        """ConfigError unless the checkpoint's datasets (`saved`: its `describe()`) are these, with these weights: the
+        schedule and each dataset's place in its stream depend on both. A single dataset resumes as before blends,
+        on any dataset of its tokenizer (checked by the trainer)."""
+        if len(saved) == 1 and len(self.datasets) == 1:
+            return
+        now = [(d["weight"], d["manifest_sha256"]) for d in self.describe()]
+        if [(d.get("weight"), d.get("manifest_sha256")) for d in saved] != now:
+            was = " + ".join(f"{d.get('path', '?')} (weight {d.get('weight')})" for d in saved)
+            raise ConfigError(f"{checkpoint}: checkpoint was trained on {was}; resume with the same --data datasets "
+                              "(the same builds, in the same order) and --data-weights")  # fmt: skip
 
     def close(self) -> None:
         for ds in self.datasets:

@@ -34,9 +34,9 @@ from spanbert_train.config import (
     from_dict,
     load_config_file,
     parse_override,
-    parse_weights,
 )
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
+from spanbert_train.weights import parse_weights
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)  # one line on stderr, exit status 2
 

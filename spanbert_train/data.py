@@ -29,11 +29,11 @@ from spanbert_data.location import Location, is_url
 from spanbert_data.shards import load_manifest
 from spanbert_train.batch import make_batch
 from spanbert_train.blend import Blend, BlendOrder, epoch_order
-from spanbert_train.config import blend_weights
 from spanbert_train.errors import ConfigError
 from spanbert_train.remote_data import DownloadAhead, Storage, remote_shards, size_cache
 from spanbert_train.shard import LIST_COLUMNS, Shard
 from spanbert_train.verify_ahead import VerifyAhead
+from spanbert_train.weights import blend_weights
 
 __all__ = ["Dataset", "StepData", "TrainLoader", "check_batch_geometry", "epoch_order", "open_blend", "to_batch"]
 
@@ -92,7 +92,7 @@ class Dataset:
 
 def open_blend(paths: list, weights: list | None = None, verify: str = "sha256", storage: Storage | None = None,
                for_training: bool = True) -> Blend:  # fmt: skip
-    """Open the datasets of a run (directories or URLs) as a Blend of their integer weights (config.blend_weights;
+    """Open the datasets of a run (directories or URLs) as a Blend of their integer weights (spanbert_train.weights;
     default equal). The remote ones share one cache (`storage`, default: the default directory and limit), sized
     once for all of them: each dataset's budget (one mask epoch of it when it gives training rows, two where a
     global batch can hold the end of one epoch and the start of the next, plus its validation shards) is added up

@@ -40,13 +40,14 @@ from tokenizers import Tokenizer
 
 from spanbert_data.location import is_url
 from spanbert_data.tokenizer import CONTINUATION, word_start_table
-from spanbert_train.config import ConfigError, dataset_paths, parse_weights
+from spanbert_train.config import ConfigError, dataset_paths
 from spanbert_train.data import Dataset, open_blend, to_batch
 from spanbert_train.dist import setup_distributed, shutdown_distributed
 from spanbert_train.errors import ExportError
 from spanbert_train.export import checkpoint_model_config, resolve_checkpoint
 from spanbert_train.model import SpanBertForPreTraining
 from spanbert_train.shard import RowSource
+from spanbert_train.weights import parse_weights
 
 EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
 SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words

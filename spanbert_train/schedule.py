@@ -1,7 +1,7 @@
 """Which dataset each row of a blend comes from: a low-discrepancy schedule, exact after every row (DESIGN §8).
 
 The rows of all global batches form one stream: global row r = b·G + i is row i of global batch b (G the global
-batch size). Dataset k has the integer weight w_k (the ratio of the weights given, `config.blend_weights`), and
+batch size). Dataset k has the integer weight w_k (the ratio of the weights given: spanbert_train.weights), and
 W = Σ w_k. Row r, with t = r + 1 rows placed so far and c_k rows of dataset k before it, goes to the dataset
 that is behind its share and whose next row is due first: among the k with t·w_k > W·c_k, the smallest
 (c_k + 1) / w_k; ties go to the smaller k. Then after every row, for every dataset,

@@ -157,7 +157,8 @@ class Trainer:
                 f"{path}: checkpoint was trained on data of another tokenizer than {self.dataset.root}'s; "
                 "resume with the run's dataset"
             )
-        self._check_same_datasets(path, meta)
+        saved = meta.get("datasets") or [{"path": p, "weight": 1} for p in dataset_paths(meta.get("config"))[:1]]
+        self.blend.check_resume(saved, path)
         saved_gbs = meta["loader"]["global_batch_size"]
         if saved_gbs != self.cfg.data.global_batch_size:
             raise ConfigError(
@@ -181,22 +182,6 @@ class Trainer:
         self.say(f"resumed from {path} (step {self.step}, {where})")
         return int(loader["global_batch"]) if "global_batch" in loader else (int(loader["epoch"]), int(loader["batch"]))
 
-    def _check_same_datasets(self, path: Path, meta: dict) -> None:
-        """A blend resumes only on the same datasets (by their manifests) with the same weights: the schedule and each
-        dataset's place in its stream depend on both. (A single dataset resumes as before: by its tokenizer.)"""
-        saved = meta.get("datasets") or [{"path": p, "weight": 1} for p in dataset_paths(meta.get("config"))[:1]]
-        now = self.blend.describe()
-        if len(saved) == 1 and len(now) == 1:
-            return
-        same = len(saved) == len(now) and all(
-            a.get("weight") == b["weight"] and a.get("manifest_sha256") == b["manifest_sha256"]
-            for a, b in zip(saved, now, strict=False)
-        )  # fmt: skip
-        if not same:
-            was = " + ".join(f"{d.get('path', '?')} (weight {d.get('weight')})" for d in saved)
-            raise ConfigError(f"{path}: checkpoint was trained on {was}; resume with the same --data datasets (the "
-                              "same builds, in the same order) and --data-weights")  # fmt: skip
-
     def _rows_by_dataset(self, counts) -> dict[str, int]:
         return {name: int(c) for name, c in zip(self.blend.names, counts, strict=True)}
 
@@ -217,10 +202,7 @@ class Trainer:
             f"{world} rank(s) × {self.accum} accumulation × {micro} | warm-up {self.warmup}/{self.cfg.max_steps} steps"
         )
         if len(self.blend.datasets) > 1:
-            total = sum(self.blend.weights)
-            self.say("data: a blend, rows per global batch by weight (spanbert_train.schedule): " + ", ".join(
-                f"{n} {w}/{total} ({gbs * w / total:.4g} rows)" for n, w in zip(self.blend.names, self.blend.weights,
-                                                                                strict=True)))  # fmt: skip
+            self.say(self.blend.summary(gbs))
 
     def say(self, text: str) -> None:
         if self.dist.main:

@@ -13,7 +13,6 @@ import pytest
 from spanbert_data.errors import DatasetError
 from spanbert_train.blend import BlendOrder, epoch_order
 from spanbert_train.cli import main
-from spanbert_train.config import blend_weights
 from spanbert_train.data import Dataset, TrainLoader, open_blend
 from spanbert_train.errors import ConfigError
 from spanbert_train.evaluate import evaluate_checkpoint
@@ -21,6 +20,7 @@ from spanbert_train.remote_data import Storage
 from spanbert_train.schedule import Schedule
 from spanbert_train.shard import RowSource
 from spanbert_train.train import train
+from spanbert_train.weights import blend_weights
 from tests.train.dataset_fixture import make_dataset
 from tests.train.test_train import NO_DROPOUT, _torchrun, config, train_rows
 
