@@ -41,6 +41,7 @@ from spanbert_data.location import Location
 from spanbert_data.shards import load_manifest
 from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from spanbert_train.checkpoint import latest_good, read_meta
+from spanbert_train.config import dataset_paths
 from spanbert_train.errors import CheckpointError, ExportError
 from spanbert_train.heads import SpanBoundaryHead
 from spanbert_train.model import REFERENCE_OPS, ModelConfig, SpanBertForPreTraining
@@ -166,11 +167,11 @@ def checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
 def export_checkpoint(source: str | Path, out: str | Path, data: str | Path | None = None) -> Path:
     """Export the checkpoint (or a run's latest good one) at `source` to a HF directory at `out`.
 
-    The tokenizer comes from the training dataset named in the checkpoint's config (`data` overrides it
-    when the dataset has moved).
+    The tokenizer comes from the training dataset named in the checkpoint's config (the first, in a blend: they
+    share it; `data` overrides it when the dataset has moved).
     """
     ckpt, meta = resolve_checkpoint(source)
-    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
+    where = str(data) if data else next(iter(dataset_paths(meta.get("config"))), "")
     dataset = Location.of(where)  # a directory, or a URL: its manifest and tokenizer are read from there
     if dataset.local is not None and not (dataset.local / MANIFEST).is_file():
         raise ExportError(f"{dataset}: the training dataset (for its tokenizer) is not there; pass --data DATASET_DIR")
