@@ -34,7 +34,7 @@ _LIST_COLUMNS = (
     ("sbo_labels", _ID),
 )
 # Columns that describe the same items must have identical offsets (one row's examples, MLM targets, SBO targets).
-_OFFSET_GROUPS = (("example_lengths", "block_ids"), ("mlm_positions", "mlm_labels"),
+OFFSET_GROUPS = (("example_lengths", "block_ids"), ("mlm_positions", "mlm_labels"),
                   ("sbo_positions", "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels"))
 # Slots are stored as uint16 and example lengths too, so a row can have at most 65,535 slots.
 MAX_ROW_LEN = 65535
@@ -352,7 +352,7 @@ def record_batch_columns(batch: pa.RecordBatch) -> dict:
             if problem:
                 raise ValueError(f"training rows: {problem}")
             out[field.name] = (offsets, values)
-    for group in _OFFSET_GROUPS:
+    for group in OFFSET_GROUPS:
         for name in group[1:]:
             differ = np.flatnonzero(np.diff(out[name][0]) != np.diff(out[group[0]][0]))
             if differ.size:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import HashCheck
 from spanbert_data.location import resolve_inside
-from spanbert_data.packing import record_batch_columns
+from spanbert_data.packing import OFFSET_GROUPS, record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
 
 LIST_COLUMNS = (
@@ -26,8 +26,7 @@ LIST_COLUMNS = (
 )  # fmt: skip
 # LIST_COLUMNS by their entries per row, the same within a group (docs/FORMAT.md; packing.record_batch_columns checks
 # it when a shard is opened): one set of copy indices per group serves all its columns.
-LIST_GROUPS = (("example_lengths",), ("mlm_positions", "mlm_labels"),
-               ("sbo_positions", "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels"))  # fmt: skip
+LIST_GROUPS = tuple(tuple(c for c in group if c in LIST_COLUMNS) for group in OFFSET_GROUPS)
 
 
 class Shard:
