@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench.common import machine_info, write_result
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, bert_post_processor
+from spanbert_data.tokenizer import SPECIAL_TOKENS, SubwordTokenizer, bert_pipeline, bert_post_processor
 from spanbert_data.vocab import WordSplitter, corpus_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def split_corpus(root: Path, dest: Path, unit_bytes: int) -> tuple[list[str], in
     return held, written
 
 
-def train_peer(train_dir: Path, vocab_size: int) -> WordPieceTokenizer:
+def train_peer(train_dir: Path, vocab_size: int) -> SubwordTokenizer:
     """The HF `tokenizers` WordPiece trainer, as our code ran it before issue 10 (not deterministic)."""
     from tokenizers import Tokenizer, models, trainers
 
@@ -84,14 +84,14 @@ def train_peer(train_dir: Path, vocab_size: int) -> WordPieceTokenizer:
                                         continuing_subword_prefix="##")  # fmt: skip
     tok.train_from_iterator(lines(), trainer)
     bert_post_processor(tok)
-    return WordPieceTokenizer(tok, "<tokenizers WordPieceTrainer>")
+    return SubwordTokenizer(tok, "<tokenizers WordPieceTrainer>")
 
 
 def train_ours(train_dir: Path, vocab_size: int, unit_bytes: int, workers: int, sample_bytes: int = 0):
     return corpus_vocabulary(train_dir, vocab_size, sample_bytes, unit_bytes, workers, log=lambda _m: None)[0]
 
 
-def quality(tok: WordPieceTokenizer, held: list[str], words: int) -> dict:
+def quality(tok: SubwordTokenizer, held: list[str], words: int) -> dict:
     flat, _ = tok.encode_lines(held)
     return {"tokens_per_word": flat.size / words, "unk_share": float((flat == tok.special_ids["unk"]).mean()),
             "vocab_size": tok.vocab_size}  # fmt: skip

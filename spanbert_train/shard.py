@@ -17,7 +17,7 @@ import pyarrow as pa
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import HashCheck
 from spanbert_data.location import resolve_inside
-from spanbert_data.packing import record_batch_columns
+from spanbert_data.packing import WORD_STARTS, record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
 
 LIST_COLUMNS = (
@@ -140,7 +140,8 @@ class RowSource:
         for s, sel in groups:
             ids[sel] = self.shards[s].columns["input_ids"][local[sel]]
         out = {"input_ids": ids}
-        for name in LIST_COLUMNS:
+        extra = (WORD_STARTS[0],) if WORD_STARTS[0] in self.shards[0].columns else ()  # every shard or none has it
+        for name in LIST_COLUMNS + extra:
             lengths = self.counts(rows, name)
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
