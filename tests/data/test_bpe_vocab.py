@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from bench.subword_tokenizers import SAMPLE, sample_documents
 from spanbert_data.bpe_vocab import SPECIALS, count_byte_words, train_bpe_from_counts
 from spanbert_data.build import build_dataset
 from spanbert_data.bytelevel import bytes_to_unicode, unicode_to_bytes
@@ -23,7 +24,6 @@ from spanbert_data.config import BuildConfig
 from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from tests.data.wordpiece_strings import generate
 from tests.naive_vocab import naive_bpe
-from tests.subword_tokenizers import SAMPLE, sample_documents
 
 CLI = [str(Path(sys.executable).parent / "spanbert-data")]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bench.subword_tokenizers import FAMILIES, family_tokenizer, sample_documents, write_corpus
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig, MaskingConfig
 from spanbert_data.corpus import CorpusStats, read_documents
@@ -21,7 +22,6 @@ from spanbert_data.rows import TokenStore
 from spanbert_data.shards import load_manifest, read_arrow_file
 from spanbert_data.tokenizer import load_tokenizer
 from spanbert_data.words import word_ids_starts
-from tests.subword_tokenizers import FAMILIES, family_tokenizer, sample_documents, write_corpus
 
 ALPHA = 1e-4
 

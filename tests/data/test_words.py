@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, pre_tokenizers
 
+from bench.subword_tokenizers import byte_level_bpe, sample_documents, sentencepiece_folder, unigram_metaspace
 from spanbert_data import bytelevel
 from spanbert_data.errors import TokenizerError
 from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from spanbert_data.words import word_ids_starts
 from tests.data.wordpiece_strings import generate
-from tests.subword_tokenizers import byte_level_bpe, sample_documents, sentencepiece_folder, unigram_metaspace
 
 EDGES = ["", " ", "  ", "a  b", "a \t b", " \u00a0x", "x'sa", "x'S", "'ll've", " 's", "\t\tx", "x  ", "2020abc",
          "Hello, world's end.", "don't", "\u2581x \u2581\u2581y", "<mask> <s>", "emoji 👍🏽 x", "a\u3000b", "x\x85y"]

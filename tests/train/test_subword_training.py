@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 
+from bench.subword_tokenizers import family_tokenizer, sample_documents, write_corpus  # noqa: E402
 from spanbert_data.build import build_dataset  # noqa: E402
 from spanbert_data.config import BuildConfig  # noqa: E402
 from spanbert_train.config import DataConfig, ModelSpec, TrainConfig  # noqa: E402
@@ -23,7 +24,6 @@ from spanbert_train.export import export_command, load_hf_weights, model_config_
 from spanbert_train.model import SpanBertForPreTraining  # noqa: E402
 from spanbert_train.shard import RowSource  # noqa: E402
 from spanbert_train.train import Trainer  # noqa: E402
-from tests.subword_tokenizers import family_tokenizer, sample_documents, write_corpus  # noqa: E402
 
 TINY = dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 

@@ -1,4 +1,4 @@
-"""Real tokenizers of every family, trained in the tests themselves (offline, small, a few seconds each):
+"""Real tokenizers of every family, trained offline in a few seconds each (for the tests and bench/subword_pass1.py):
 
 - `byte_level_bpe`: RoBERTa-style, `tokenizers`' BpeTrainer with a ByteLevel pre-tokenizer;
 - `unigram_metaspace`: `tokenizers`' UnigramTrainer with a Metaspace pre-tokenizer (XLM-R's layout of specials);
