@@ -125,16 +125,15 @@ def build(corpus, out, tokenizer, vocab_size, vocab_model, vocab_sample_mb, work
           seed, mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
           replacement, work_dir, storage_options):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
-    masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
-                            max_span_words=max_span_words, replacement=replacement)  # fmt: skip
     out = out if is_url(out) else Path(out)
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, vocab_model=vocab_model,
-                      work_dir=work_dir,
-                      vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers, scheduler=scheduler,
-                      encoder=encoder, max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs,
-                      valid_fraction=valid_fraction, rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * MiB),
-                      masking=masking)  # fmt: skip
-    try:
+    try:  # MaskingConfig checks its fields as it is made
+        masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
+                                max_span_words=max_span_words, replacement=replacement)  # fmt: skip
+        cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, vocab_model=vocab_model,
+                          work_dir=work_dir, vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers,
+                          scheduler=scheduler, encoder=encoder, max_seq_len=max_seq_len, seed=seed,
+                          mask_epochs=mask_epochs, valid_fraction=valid_fraction, rows_per_shard=rows_per_shard,
+                          unit_bytes=int(unit_mb * MiB), masking=masking)  # fmt: skip
         cfg.validate()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
