@@ -25,7 +25,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from spanbert_data.bytelevel import bytes_to_unicode, split_words
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.tokenizer import SubwordTokenizer
-from spanbert_data.unit_reader import unit_documents
+from spanbert_data.unit_reader import UnitLines
 from spanbert_data.units import Unit
 from spanbert_data.wordpiece_merges import _EMPTY, _token_slot, merge_loop
 
@@ -128,32 +128,12 @@ def count_byte_words(lines) -> ByteWordCounter:
 
 def count_unit_byte_words(root: Path, unit: Unit, char_budget: int | None = None) -> ByteWordCounts:
     """Count the byte-level words of one unit (a task: top-level and picklable); `char_budget` as in
-    vocab.count_unit_words."""
-    base = root if root.is_dir() else root.parent
+    vocab.count_unit_words. vocab.merge_counts sums them."""
     stats = CorpusStats()
     warnings: list[str] = []
-    chars = 0
-
-    def lines():
-        nonlocal chars
-        for doc in unit_documents(base, unit, stats, warnings.append):
-            yield from doc.lines
-            chars += sum(map(len, doc.lines))
-            if char_budget is not None and chars >= char_budget:
-                return
-
-    data, offsets, counts = count_byte_words(lines()).result()
-    return ByteWordCounts(unit.key, data, offsets, counts, stats.documents, stats.lines, chars, warnings[:100])
-
-
-def merge_byte_counts(parts) -> dict[bytes, int]:
-    """Sum the counts of several units (in unit order, so that the dict's order is fixed too)."""
-    total: dict[bytes, int] = {}
-    get = total.get
-    for part in parts:
-        for word, n in part.items():
-            total[word] = get(word, 0) + n
-    return total
+    lines = UnitLines(root if root.is_dir() else root.parent, unit, stats, warnings.append, char_budget)
+    data, offsets, counts = count_byte_words(lines).result()
+    return ByteWordCounts(unit.key, data, offsets, counts, stats.documents, stats.lines, lines.chars, warnings[:100])
 
 
 def train_bpe_from_counts(counts: dict[bytes, int], vocab_size: int, min_frequency: int = 2) -> SubwordTokenizer:

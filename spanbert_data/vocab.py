@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 from tokenizers import normalizers, pre_tokenizers
 
-from spanbert_data.bpe_vocab import count_unit_byte_words, merge_byte_counts, train_bpe_from_counts
+from spanbert_data.bpe_vocab import count_unit_byte_words, train_bpe_from_counts
 from spanbert_data.corpus import CorpusStats, list_corpus_files
 from spanbert_data.errors import BuildError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
 from spanbert_data.progress import stderr
 from spanbert_data.rng import mix64
 from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, SubwordTokenizer, bert_tokenizer
-from spanbert_data.unit_reader import unit_documents
+from spanbert_data.unit_reader import UnitLines
 from spanbert_data.units import Source, Unit, plan_sources
 from spanbert_data.wordpiece_merges import merge_loop
 
@@ -123,26 +123,16 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
 
     With char_budget, only the unit's first documents are read, until their text holds char_budget
     characters (the document crossing the budget is counted whole)."""
-    base = root if root.is_dir() else root.parent
     stats = CorpusStats()
-    splitter = WordSplitter()
     warnings: list[str] = []
-    chars = 0
-
-    def lines():
-        nonlocal chars
-        for doc in unit_documents(base, unit, stats, warnings.append):
-            yield from doc.lines
-            chars += sum(map(len, doc.lines))
-            if char_budget is not None and chars >= char_budget:
-                return
-
-    counter = count_words(lines(), splitter)
-    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, chars, warnings)
+    lines = UnitLines(root if root.is_dir() else root.parent, unit, stats, warnings.append, char_budget)
+    counter = count_words(lines, WordSplitter())
+    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, lines.chars, warnings)
 
 
-def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
-    """Sum the counts of several units (pass them in unit order: the dict's order is then fixed too)."""
+def merge_counts(parts: Iterable) -> dict:
+    """Sum the counts of several units, WordCounts or bpe_vocab.ByteWordCounts (pass them in unit order: the dict's
+    order is then fixed too)."""
     total: dict[str, int] = {}
     get = total.get
     for part in parts:
@@ -263,12 +253,8 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
     run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget, model)) for u, budget in plan),
               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
     ordered = [parts[u.key] for u, _ in plan]
-    if model == "bpe":
-        counts = merge_byte_counts(ordered)
-        tokenizer = train_bpe_from_counts(counts, vocab_size)
-    else:
-        counts = merge_counts(ordered)
-        tokenizer = train_from_counts(counts, vocab_size)
+    counts = merge_counts(ordered)
+    tokenizer = (train_bpe_from_counts if model == "bpe" else train_from_counts)(counts, vocab_size)
     info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
     info["words"] = len(counts)
     info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1

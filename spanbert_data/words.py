@@ -23,7 +23,6 @@ ids after pass 1; the other families store them per token (docs/FORMAT.md).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -171,8 +170,3 @@ def target_word_starts(columns: dict, table: np.ndarray | None) -> np.ndarray:
         raise ValueError("the shard holds no mlm_word_starts and no word-start table was given")
     return table[columns["mlm_labels"][1].astype(np.int64)]
 
-
-def chain_ids(encodings) -> np.ndarray:
-    """The ids of `tokenizers` encodings back to back (int32), streamed without per-line arrays."""
-    lens = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-    return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int32, int(lens.sum()))

@@ -31,16 +31,7 @@ def naive_vocab(counts: dict[str, int], vocab_size: int, min_frequency: int = 2,
         if new not in known:
             known.add(new)
             vocab.append(new)
-        for k, seq in enumerate(seqs):
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[k] = out
+        _merge_everywhere(seqs, best, new)
     return vocab
 
 
@@ -66,14 +57,19 @@ def naive_bpe(counts: dict[bytes, int], vocab_size: int, min_frequency: int = 2)
         if new not in known:
             known.add(new)
             vocab.append(new)
-        for k, seq in enumerate(seqs):
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[k] = out
+        _merge_everywhere(seqs, best, new)
     return vocab, merges
+
+
+def _merge_everywhere(seqs: list[list], pair: tuple, new) -> None:
+    """Replace every occurrence of `pair` in each sequence, left to right without overlap, by `new` (in place)."""
+    for k, seq in enumerate(seqs):
+        out, i = [], 0
+        while i < len(seq):
+            if i + 1 < len(seq) and (seq[i], seq[i + 1]) == pair:
+                out.append(new)
+                i += 2
+            else:
+                out.append(seq[i])
+                i += 1
+        seqs[k] = out
