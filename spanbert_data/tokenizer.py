@@ -110,7 +110,9 @@ class SubwordTokenizer:
 
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         self.vocab_size: int = len(vocab)
-        if not vocab or max(vocab.values()) != self.vocab_size - 1:
+        if not vocab:
+            raise TokenizerError(f"{source}: the vocabulary is empty; pass a trained tokenizer")
+        if max(vocab.values()) != self.vocab_size - 1:
             raise TokenizerError(f"{source}: token ids are not 0..{self.vocab_size - 1}; repair the vocabulary")
         spec = json.loads(tokenizer.to_str())
         self.special_ids: dict[str, int | None] = dict(roles) if roles is not None else special_roles(
