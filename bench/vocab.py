@@ -22,7 +22,7 @@ time and as CPU time (this process's threads + its finished worker processes; st
   with --workers 1 (in-process; the bytes must be identical).
 Also ours on a sample of half the training text (`--vocab-sample-mb`). Quality: tokens per word on the
 held-out documents (words as the BERT pre-tokenizer splits them), and the share of [UNK]. Prints a
-table, writes bench/results/vocab.json.
+table, writes bench/results/vocab.json (vocab_bpe.json with `--models bpe`).
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def main() -> None:
                     results.append(compare(name, train_dir, train_bytes, held, words, vocab_size, args.repeats,
                                            args.workers, unit_bytes, model))  # fmt: skip
     load = os.getloadavg()
-    path = write_result("vocab", {"machine": machine_info(), "load_average_at_end": load, "workers": args.workers,
+    name = "vocab" if "wordpiece" in args.models else "vocab_" + "_".join(args.models)  # keeps WordPiece's file
+    path = write_result(name, {"machine": machine_info(), "load_average_at_end": load, "workers": args.workers,
                                   "unit_mb": args.unit_mb, "repeats": args.repeats, "results": results})  # fmt: skip
     print(f"\nwrote {path}")
 
