@@ -2,9 +2,9 @@
 
 A word is what the tokenizer's own pre-tokenizer makes of a line: the tokens with one word id in a
 `tokenizers` encoding. Masking takes whole words, blocks cut over-long lines at word starts, evaluation and
-`inspect` count span lengths in words; all of them get their word starts from here. How they are found
-without asking `tokenizers` for word ids (that needs its offsets pass, `encode_batch` instead of
-`encode_batch_fast`) depends on the family (`WordRule.kind`):
+`inspect` count span lengths in words; all of them get their word starts from here. They are found from the
+token ids (and for byte-level BPE the raw bytes), not from `tokenizers`' word ids, which need its encode with
+offsets and a Python pass over every token's word id; how depends on the family (`WordRule.kind`):
 
 - "wordpiece": a token starts a word unless its string begins with the continuation prefix `##` (the
   WordPiece model spells every piece after a word's first so). A table over the vocabulary.
