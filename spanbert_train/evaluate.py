@@ -17,8 +17,9 @@ adds their weighted mean (the blend's weights, renormalised over the datasets th
 
 MLM accuracy is also reported by the length of the *merged span* a target belongs to, in words
 (1, 2, …, 9, ≥ 10): a merged span is a maximal run of adjacent MLM targets (SPEC §2), and its words are
-the word-piece word starts among its original tokens, plus one when it begins inside a word (read from
-the dataset's tokenizer.json: a token starts a word unless it carries the continuation prefix).
+the word starts among its original tokens, plus one when it begins inside a word. Word starts are the
+build's (spanbert_data/words.py): the shards' `mlm_word_starts` column, or for WordPiece the table of the
+dataset's tokenizer.json (a token starts a word unless it carries the continuation prefix).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
 from spanbert_data.location import is_url
-from spanbert_data.tokenizer import CONTINUATION, word_start_table
+from spanbert_data.packing import WORD_STARTS
+from spanbert_data.words import CONTINUATION, target_word_starts, word_start_table
 from spanbert_train.config import ConfigError, dataset_paths
 from spanbert_train.data import Dataset, open_blend, to_batch
 from spanbert_train.dist import setup_distributed, shutdown_distributed
@@ -73,7 +75,8 @@ def bucket_label(i: int) -> str:
 
 
 def dataset_word_starts(dataset: Dataset) -> np.ndarray:
-    """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
+    """bool[vocab]: which ids start a word by the WordPiece rule (SPEC §2), from the tokenizer.json copied beside the
+    manifest. Only used for shards without `mlm_word_starts` (WordPiece's: every other family stores them)."""
     name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
     try:
         text = dataset.root.read_bytes(name)
@@ -103,8 +106,9 @@ def unigram_entropy(manifest: dict | list[dict], weights: list | None = None) ->
     return float(-(p * np.log(p)).sum())
 
 
-def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, word_start: np.ndarray) -> np.ndarray:
-    """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row)."""
+def span_words(offsets: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row); `starts`:
+    per target, does its original token start a word (words.target_word_starts)."""
     pos = positions.astype(np.int64)
     if pos.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -112,7 +116,7 @@ def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, w
     new_run = np.ones(pos.size, dtype=bool)
     new_run[1:] = (pos[1:] != pos[:-1] + 1) | (row[1:] != row[:-1])
     run = np.cumsum(new_run) - 1
-    starts = word_start[labels.astype(np.int64)]
+    starts = np.asarray(starts, dtype=bool)
     words = np.bincount(run, weights=starts).astype(np.int64) + ~starts[new_run]  # + 1 when it begins mid-word
     return words[run]
 
@@ -234,7 +238,8 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     if source is None or len(source) == 0:
         return None
     device = device or next(model.parameters()).device
-    word_start = word_start if word_start is not None else dataset_word_starts(dataset)
+    if word_start is None and WORD_STARTS[0] not in shards[0].columns:  # else the shards carry them
+        word_start = dataset_word_starts(dataset)
     rows = eval_rows(len(source), max_rows)
     mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
     was_training = model.training
@@ -243,7 +248,7 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     try:
         for lo in range(0, len(mine), micro_batch):
             cols = source.gather(mine[lo : lo + micro_batch])
-            words = span_words(*cols["mlm_positions"], cols["mlm_labels"][1], word_start)
+            words = span_words(*cols["mlm_positions"], target_word_starts(cols, word_start))
             batch = to_batch(cols).to(device)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 mlm_loss, mlm_ok, sbo_loss, sbo_ok = _batch_stats(model, batch)

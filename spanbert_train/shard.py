@@ -17,7 +17,7 @@ import pyarrow as pa
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import HashCheck
 from spanbert_data.location import resolve_inside
-from spanbert_data.packing import OFFSET_GROUPS, record_batch_columns
+from spanbert_data.packing import OFFSET_GROUPS, WORD_STARTS, record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
 
 LIST_COLUMNS = (
@@ -26,7 +26,8 @@ LIST_COLUMNS = (
 )  # fmt: skip
 # LIST_COLUMNS by their entries per row, the same within a group (docs/FORMAT.md; packing.record_batch_columns checks
 # it when a shard is opened): one set of copy indices per group serves all its columns.
-LIST_GROUPS = tuple(tuple(c for c in group if c in LIST_COLUMNS) for group in OFFSET_GROUPS)
+# The optional word-start flags of MLM targets (a subword tokenizer's dataset) travel with the MLM group.
+LIST_GROUPS = tuple(tuple(c for c in group if c in LIST_COLUMNS or c == WORD_STARTS[0]) for group in OFFSET_GROUPS)
 
 
 class Shard:
@@ -163,6 +164,7 @@ class RowSource:
             ids[at] = sh.columns["input_ids"][loc]
         out = {"input_ids": ids}
         for group in LIST_GROUPS:
+            group = tuple(name for name in group if name in ref.columns)  # every shard or none has word starts
             lengths, starts = np.empty(len(rows), dtype=np.int64), []
             for sh, loc, at in groups:
                 off = sh.columns[group[0]][0]

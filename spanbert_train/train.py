@@ -75,7 +75,8 @@ def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
                     f"{dataset.vocab_size} ({dataset.root / 'manifest.json'}); build the data with that tokenizer"
                 )
         else:
-            mc = ModelConfig.from_preset(cfg.model.preset, **overrides).with_vocab(dataset.vocab_size)
+            pad = {"pad_token_id": dataset.special_ids["pad"]}  # the dataset's PAD (HF config.json; 0 for BERT's)
+            mc = ModelConfig.from_preset(cfg.model.preset, **{**pad, **overrides}).with_vocab(dataset.vocab_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     if mc.max_position_embeddings < dataset.max_seq_len:
