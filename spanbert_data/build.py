@@ -32,7 +32,7 @@ from spanbert_data.progress import Progress, stderr
 from spanbert_data.rng import splitmix64
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
 from spanbert_data.store import build_unit, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from spanbert_data.unit_reader import iter_stream_units
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
 from spanbert_data.vocab import train_vocabulary
@@ -82,6 +82,10 @@ def _build(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, files: list[In
     out = output.work
     tokenizer = _ensure_tokenizer(cfg, out, sources, corpus, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
+    if tokenizer.words.kind == "line" and cfg.masking.scheme != "subword":
+        raise BuildError(f"{cfg.tokenizer}: {tokenizer.words.note.removeprefix('words: ')}, so it has no words for "
+                         f"--scheme {cfg.masking.scheme}; give it a pre-tokenizer that splits words (Metaspace with "
+                         "split true, ByteLevel) or build with --scheme subword")  # fmt: skip
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
@@ -93,7 +97,8 @@ def _build(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, files: list[In
     output.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, output, corpus, sources, executor, log)
+    log(tokenizer.words.note)
+    markers = _pass1(cfg, output, corpus, sources, executor, tokenizer.special_ids, log)
     stats = listing
     for m in markers:
         stats.merge(CorpusStats.from_dict(m["corpus"]))
@@ -149,7 +154,7 @@ def _build(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, files: list[In
 
 
 def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], corpus: Corpus, executor: Executor,
-                      log) -> WordPieceTokenizer:  # fmt: skip
+                      log) -> SubwordTokenizer:  # fmt: skip
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -157,14 +162,15 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], corpus
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        tokenizer, _ = train_vocabulary(corpus, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
-    if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
+        tokenizer, _ = train_vocabulary(corpus, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log,
+                                        cfg.vocab_model)  # fmt: skip
+    if target.is_file() and sha256_file(target) != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-_WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
+_WORKER_TOKENIZER: tuple[bytes, str, dict | None, SubwordTokenizer] | None = None  # file, encoder, roles, tokenizer
 
 
 def _check_visible(out: Path) -> None:
@@ -176,17 +182,19 @@ def _check_visible(out: Path) -> None:
         )
 
 
-def _pass1_task(out: Path, corpus: Corpus, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
+def _pass1_task(out: Path, corpus: Corpus, unit: Unit, max_content: int, encoder: str = "auto",
+                roles: dict | None = None) -> dict:  # fmt: skip
     global _WORKER_TOKENIZER
     _check_visible(out)
     corpus.check_visible()
     prepare_task_process()
     data = (out / TOKENIZER_FILE).read_bytes()
-    # Reused across tasks of one process, but only for the same file and encoder: an in-process build
-    # (--workers 1) may follow another build with another tokenizer.
-    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
-        _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
-    return build_unit(out, corpus, unit, _WORKER_TOKENIZER[2], max_content)
+    # Reused across tasks of one process, but only for the same file, encoder and roles: an in-process build
+    # (--workers 1) may follow another build with another tokenizer. The roles come from the driver, which may
+    # have read them from a transformers folder's config beside the tokenizer.json.
+    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:3] != (data, encoder, roles):
+        _WORKER_TOKENIZER = (data, encoder, roles, load_tokenizer(out / TOKENIZER_FILE, encoder, roles))
+    return build_unit(out, corpus, unit, _WORKER_TOKENIZER[3], max_content)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:
@@ -196,7 +204,7 @@ def _pass2_task(ctx: RowContext, plan) -> dict:
 
 
 def _pass1(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, sources: list[Source], executor: Executor,
-           log) -> list[dict]:  # fmt: skip
+           roles: dict, log) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
     out = output.work
     markers: dict[str, dict] = {}
@@ -224,7 +232,7 @@ def _pass1(cfg: BuildConfig, output: BuildOutput, corpus: Corpus, sources: list[
                     continue
                 if piece is not None:
                     atomic_write_bytes(out / unit.work_file, piece.data)
-                yield f"{prefix}-{unit.key}", (out, corpus, unit, cfg.max_content, cfg.encoder)
+                yield f"{prefix}-{unit.key}", (out, corpus, unit, cfg.max_content, cfg.encoder, roles)
 
     def done(key, args, marker) -> None:
         unit = args[2]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from tokenizers import Tokenizer, models
 
 from tests.faults.helpers import DATA_CLI, ENV, EXAMPLE, VOCAB, assert_clean_error, run, split_corpus
 from tests.faults.test_build_kills import assert_nothing_partial
@@ -111,6 +112,20 @@ def test_twenty_megabyte_single_line_builds(tmp_path):
     assert run([*DATA_CLI, "verify", tmp_path / "out"]).returncode == 0
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--mask-ratio", "2", "masking.mask_ratio must be in (0, 1], got 2.0"),
+    ("--geometric-p", "0", "masking.geometric_p must be in (0, 1], got 0.0"),
+    ("--max-span-words", "0", "masking.max_span_words must be an integer >= 1, got 0"),
+])  # fmt: skip
+def test_bad_masking_option_is_one_line_and_writes_nothing(option, value, says, tmp_path):
+    """A masking option out of range is refused before anything is read or written (no traceback)."""
+    out = tmp_path / "out"
+    done = build(tmp_path, out, option, value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert [line for line in done.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {says}"]
+    assert not out.exists()
+
+
 def test_missing_empty_and_unusable_corpus_are_refused(tmp_path):
     assert_clean_error(build(tmp_path / "missing", tmp_path / "o1"), str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
@@ -130,12 +145,13 @@ def test_missing_empty_and_unusable_corpus_are_refused(tmp_path):
     [
         (bytes(range(256)) * 8, "binary file, not a tokenizer"),
         (b"", "empty file"),
-        (b'{"model": {"type": "BPE", "vocab": {}, "merges": []}}', "not WordPiece"),
+        (b'{"model": {"type": "WordLevel", "vocab": {}, "unk_token": "x"}}', "model is 'WordLevel'; pass a"),
+        (Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).to_str().encode(), "no CLS ([CLS] or <s>), SEP"),
         (b'{"not": "a tokenizer"}', "without a tokenizer 'model'"),
         (b'{"model": ', "invalid JSON"),
         (b"Dear diary,\ntoday I wrote a README instead of a vocabulary.\n", "not a BERT vocab.txt"),
     ],
-    ids=["binary", "empty", "bpe", "other-json", "torn-json", "prose"],
+    ids=["binary", "empty", "word-level", "bpe-without-specials", "other-json", "torn-json", "prose"],
 )
 def test_file_that_is_not_a_tokenizer_is_refused(content, says, tmp_path):
     corpus = split_corpus(EXAMPLE, tmp_path / "corpus", pieces=1)
