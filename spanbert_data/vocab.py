@@ -7,10 +7,12 @@ any number of workers or threads, any `PYTHONHASHSEED`, on any machine with the 
           ─▶ train_from_counts: alphabet + merge loop (wordpiece_merges.py, Numba) ─▶ WordPieceTokenizer
 
 Words are what the saved tokenizer will see at encode time: the text goes through its own BERT
-normaliser (HF `tokenizers`, in large chunks), and is split the way its BERT pre-tokenizer splits
-(whitespace dropped, every punctuation character a word of its own). The split itself is a regular
-expression whose character classes are filled by asking that pre-tokenizer about each new character,
-which is exact and much faster than `pre_tokenize_str` (that builds a tuple per word).
+normaliser and is split the way its BERT pre-tokenizer splits (whitespace dropped, every punctuation
+character a word of its own). A unit's words are counted by the compiled counter of wordcount.py (the
+compiled encoder's normaliser and pre-tokenizer, and a hash table, in Numba). `count_words` below is the
+same count in plain Python around `tokenizers`' own normaliser, a regular expression whose character
+classes are filled by asking that pre-tokenizer about each new character: the reference the compiled
+counter is tested against, and what `tokenizer.train_wordpiece` uses on small texts.
 
 A large corpus is sampled (`--vocab-sample-mb`): whole units in a fixed hash order until the budget is
 reached, the last one only up to the rest of the budget (`sample_units`).
@@ -31,6 +33,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
 from spanbert_data.units import Unit, unit_documents
+from spanbert_data.wordcount import count_lines
 
 MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
@@ -94,12 +97,6 @@ class WordCounts:
     chars: int
     warnings: list[str]  # the corpus reader's first warnings (skipped files, bad lines)
 
-    @classmethod
-    def from_counter(cls, unit: str, counter: Counter, documents: int, lines: int, chars: int,
-                     warnings: list[str]) -> WordCounts:  # fmt: skip
-        counts = np.fromiter(counter.values(), dtype=np.int64, count=len(counter))
-        return cls(unit, "\n".join(counter), counts, documents, lines, chars, warnings[:100])
-
     def items(self) -> Iterable[tuple[str, int]]:
         return zip(self.words.split("\n"), self.counts.tolist(), strict=True) if len(self.counts) else iter(())
 
@@ -111,7 +108,6 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
     characters (the document crossing the budget is counted whole)."""
     base = root if root.is_dir() else root.parent
     stats = CorpusStats()
-    splitter = WordSplitter()
     warnings: list[str] = []
     chars = 0
 
@@ -123,8 +119,8 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
             if char_budget is not None and chars >= char_budget:
                 return
 
-    counter = count_words(lines(), splitter)
-    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, chars, warnings)
+    words, counts = count_lines(lines())  # compiled; the words and counts of count_words(lines())
+    return WordCounts(unit.key, words, counts, stats.documents, stats.lines, chars, warnings[:100])
 
 
 def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
