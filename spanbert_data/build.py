@@ -251,11 +251,11 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
     return tokenizer, info
 
 
-def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
+def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int | None = None,
                       scheduler: str | None = None, log: Callable[[str], None] = _stderr,
                       ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them,
-    so the result is the tokenizer `build` would train with the same options."""
+    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them
+    (workers None: one per usable core), so the result is the tokenizer `build` would train with the same options."""
     corpus = Path(corpus)
     files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
     sources = plan_sources(files, corpus, unit_bytes)

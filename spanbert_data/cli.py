@@ -68,7 +68,8 @@ def main():
 @click.option("--vocab-size", default=28996, show_default=True, help="Vocabulary size when training one.")
 @click.option("--vocab-sample-mb", default=1024.0, show_default=True,
               help="Train the vocabulary on about this much of the input (units chosen by hash); 0 = all of it.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (output bytes never depend on it).")
+@click.option("--workers", type=int, help="Worker processes [default: one per usable core, as CPU affinity and "
+              "cgroup quota allow] (output bytes never depend on it).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on Dask: tcp://HOST:8786 (an existing cluster sharing the output filesystem) or 'local' "
                    "(a LocalCluster of --workers processes). Needs spanbert[dask].")
@@ -126,14 +127,15 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 @click.option("--vocab-sample-mb", default=1024.0, show_default=True,
               help="Train on about this much of the input (units chosen by hash); 0 = all of it.")
 @click.option("--unit-mb", default=64.0, show_default=True, help="Input is counted in units of about this size.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (the result never depends on it).")
+@click.option("--workers", type=int, help="Worker processes [default: one per usable core] (the result never "
+              "depends on it).")
 @click.option("--scheduler", metavar="ADDRESS", help="Count on Dask: tcp://HOST:8786 or 'local' (as for build).")
 @user_errors
 def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
     """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
     from spanbert_data.build import corpus_vocabulary
 
-    if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
+    if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or (workers is not None and workers < 1):
         raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
     tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * (1 << 20)), int(unit_mb * (1 << 20)),
                                   workers, scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip

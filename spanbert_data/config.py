@@ -24,8 +24,9 @@ class BuildConfig:
     """Size of the vocabulary trained when no tokenizer is given (BERT-cased size)."""
     vocab_sample_bytes: int = 1024 * MiB
     """The vocabulary is trained on about this many bytes of input units (docs/FORMAT.md); 0 = the whole corpus."""
-    workers: int = 1
-    """Worker processes (or, with `scheduler="local"`, Dask workers); the bytes written never depend on it."""
+    workers: int | None = None
+    """Worker processes (or, with `scheduler="local"`, Dask workers); None: one per usable core
+    (`cores.usable_cores()`: CPU affinity and cgroup quota). The bytes written never depend on it."""
     scheduler: str | None = None
     """None: this machine (`workers` processes). "local": a Dask LocalCluster of `workers` processes.
     "tcp://HOST:8786": an existing Dask cluster whose workers share the output filesystem."""
@@ -51,7 +52,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule it breaks."""
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1")
         if self.encoder not in ("auto", "fast", "hf"):
             raise ValueError("encoder must be auto, fast or hf")
