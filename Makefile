@@ -4,19 +4,57 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # CPU build from the local wheel cache; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# The lock: exact versions of everything `.[test]` needs except torch (pinned above), for one Python and platform
+# (`make lock` writes it with uv; `make test-latest` tries the newest releases instead). Without a lock for this
+# Python and machine, the install takes the newest releases within pyproject.toml's ranges and says so.
+PYTAG   = $(shell python3 -c 'import platform, sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')
+LOCK    = .ci/locks/test-$(PYTAG).txt
+UV     ?= uv==0.13.9
+# The torch that `make lock` resolves against (its CPU build, from pip's --find-links or PyTorch's CPU index).
+TORCH_LOCK ?= torch==2.13.0+cpu
+TORCH_INDEX = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install test test-slow faults demo lint bench clean gpu-check gpu-wheels
+.PHONY: install test test-slow test-latest lock faults demo lint bench clean gpu-check gpu-wheels
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard $(LOCK))
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	@if [ -f $(LOCK) ]; then echo "installing the locked versions of $(LOCK)"; \
+	    $(PY) -m pip install -q -c $(LOCK) setuptools && \
+	    $(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[test]'; \
+	else echo "no lock for $(PYTAG) ($(LOCK)): installing the newest releases; 'make lock' writes one"; \
+	    $(PY) -m pip install -q -e '.[test]'; fi
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The suite against the newest releases of every dependency (torch stays $(TORCH): a newer one from PyPI is a
+# multi-GB CUDA build; pass TORCH=torch==X to try another), in its own venv so that .venv keeps the lock.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	@test -x $(LATEST_VENV)/bin/python || python3 -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q $(TORCH)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST_VENV)/bin/python -m pip list --format freeze > $(LATEST_VENV)/versions.txt
+	@echo "newest releases: $(LATEST_VENV)/versions.txt; compare with $(LOCK)"
+	$(LATEST_VENV)/bin/python -m pytest -q -m "not slow"
+
+# Rewrite the lock for this Python and machine from pyproject.toml (the newest releases within its ranges).
+lock: $(STAMP)
+	$(PY) -m pip install -q $(UV)
+	@mkdir -p $(dir $(LOCK))
+	echo "$(TORCH_LOCK)" > $(VENV)/torch-constraint.txt
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	    > $(VENV)/build-requires.in
+	$(VENV)/bin/uv pip compile pyproject.toml $(VENV)/build-requires.in --extra test --quiet --no-emit-package torch \
+	    --no-header -c $(VENV)/torch-constraint.txt $(TORCH_INDEX) -o $(LOCK).tmp
+	{ echo "# The test environment's exact versions for $(PYTAG): \`make lock\` writes this file"; \
+	  echo "# (uv pip compile of pyproject.toml's build requirements and [test] extra; torch, pinned in the Makefile, comes first)."; \
+	  cat $(LOCK).tmp; } > $(LOCK) && rm $(LOCK).tmp
+	@echo "wrote $(LOCK)"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -49,4 +87,4 @@ gpu-wheels:
 	@ls -l .whl
 
 clean:
-	rm -rf build *.egg-info .pytest_cache demo-out
+	rm -rf build *.egg-info .pytest_cache demo-out $(LATEST_VENV)

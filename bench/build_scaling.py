@@ -7,7 +7,7 @@ must cut into byte-range units to use more than one core). Every build is the re
 the bundled BERT vocabulary (so that every run tokenizes with the same vocabulary); the process tree's
 resident memory is sampled every 0.2 s.
 
-    .venv/bin/python bench/build_scaling.py [--mb 250] [--unit-mb 16] [--repeat 3] [--rss-mb 250 1000] [--quick]
+    .venv/bin/python -m bench.build_scaling [--mb 250] [--unit-mb 16] [--repeat 3] [--rss-mb 250 1000] [--quick]
 
 Speed runs: every configuration runs `--repeat` times, round-robin (so that a slow minute of a shared
 machine hits all of them alike), and the fastest run of each counts. They use 16 MB units: a 250 MB
@@ -35,8 +35,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
+from bench.common import machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "spanbert-data"

@@ -6,7 +6,7 @@
 #   data         build the bundled Wikipedia sample (examples/wiki) into 512-slot rows
 #   correctness  bench/gpu_correctness.py: packed == unpacked attention, Triton kernels == references (bf16, fp32),
 #                20 steps triton vs reference, checkpoint + resume
-#   kernels      bench/kernels.py at BERT-large shapes: GB/s, TFLOP/s against the HBM and bf16 peaks
+#   kernels      bench/fused_kernels.py at BERT-large shapes: GB/s, TFLOP/s against the HBM and bf16 peaks
 #   train_step   bench/train_step.py: base and large at 512, bf16, ours/triton, ours/reference, HF; profile of large
 #   e2e          bench/gpu_e2e.py: torchrun ... spanbert-train --model base for ~2 minutes, stopped by SIGTERM
 # After every part the report is rewritten: $GPU_CHECK_OUT/gpu_report.md, gpu_report.json, the bench JSONs and
@@ -52,7 +52,7 @@ DEADLINE=$((SECONDS + BUDGET))
 FAILED_BEFORE=""
 echo "gpu-check: work $WORK, report $OUT_DIR, budget ${BUDGET}s, python $PY, parts:$PARTS"
 
-report() { "$PY" bench/gpu_report.py report --work "$WORK" --out "$OUT_DIR" > "$WORK/logs/report.log" 2>&1; }
+report() { "$PY" -m bench.gpu_report report --work "$WORK" --out "$OUT_DIR" > "$WORK/logs/report.log" 2>&1; }
 
 record() {  # part rc seconds cap timed_out skipped
     printf '{"part": "%s", "rc": %s, "seconds": %s, "cap": %s, "timed_out": %s, "skipped": %s}\n' \
@@ -110,7 +110,7 @@ setup() {
     else
         export GPU_CHECK_INSTALL="dry run: $PY as is"
     fi
-    "$PY" bench/gpu_report.py versions --out "$WORK/versions.json" || return 1  # imports the project too
+    "$PY" -m bench.gpu_report versions --out "$WORK/versions.json" || return 1  # imports the project too
     command -v spanbert-train && command -v spanbert-data || return 1
     [ "$DRY" = 1 ] || nvidia-smi || true
 }
@@ -126,36 +126,36 @@ data() {
 
 correctness() {
     if [ "$DRY" = 1 ]; then
-        TRITON_INTERPRET=1 "$PY" bench/gpu_correctness.py --dry --data "$WORK/data" --out "$WORK/correctness.json"
+        TRITON_INTERPRET=1 "$PY" -m bench.gpu_correctness --dry --data "$WORK/data" --out "$WORK/correctness.json"
     else
-        "$PY" bench/gpu_correctness.py --data "$WORK/data" --out "$WORK/correctness.json"
+        "$PY" -m bench.gpu_correctness --data "$WORK/data" --out "$WORK/correctness.json"
     fi
 }
 
 kernels() {
     if [ "$DRY" = 1 ]; then
-        "$PY" bench/kernels.py --quick --no-compile --repeats 2 --out-dir "$WORK/bench"
+        "$PY" -m bench.fused_kernels --quick --no-compile --repeats 2 --out-dir "$WORK/bench"
     else
-        "$PY" bench/kernels.py --out-dir "$WORK/bench"
+        "$PY" -m bench.fused_kernels --out-dir "$WORK/bench"
     fi
 }
 
 train_step() {
     if [ "$DRY" = 1 ]; then
-        "$PY" bench/train_step.py --quick --data "$WORK/data" --out-dir "$WORK/bench" --profile tiny:ours/reference \
+        "$PY" -m bench.train_step --quick --data "$WORK/data" --out-dir "$WORK/bench" --profile tiny:ours/reference \
             --profile-steps 1
     else
-        "$PY" bench/train_step.py --data "$WORK/data" --out-dir "$WORK/bench" --profile large:ours/triton
+        "$PY" -m bench.train_step --data "$WORK/data" --out-dir "$WORK/bench" --profile large:ours/triton
     fi
 }
 
 e2e() {
     local seconds=$1
     if [ "$DRY" = 1 ]; then
-        "$PY" bench/gpu_e2e.py --data "$WORK/data" --run "$WORK/e2e" --out "$WORK/e2e.json" --seconds "$seconds" \
+        "$PY" -m bench.gpu_e2e --data "$WORK/data" --run "$WORK/e2e" --out "$WORK/e2e.json" --seconds "$seconds" \
             --model tiny --global-batch-size 4 --micro-batch 2 --lr 3e-3 --warmup-steps 2 --log-every 1 --min-drop 0.05
     else
-        "$PY" bench/gpu_e2e.py --data "$WORK/data" --run "$WORK/e2e" --out "$WORK/e2e.json" --seconds "$seconds"
+        "$PY" -m bench.gpu_e2e --data "$WORK/data" --run "$WORK/e2e" --out "$WORK/e2e.json" --seconds "$seconds"
     fi
 }
 export -f setup data correctness kernels train_step e2e

@@ -1,7 +1,7 @@
 """The summary of `make gpu-check`: gpu_report.md + gpu_report.json from what the parts left in the work folder.
 
-    python bench/gpu_report.py versions --out WORK/versions.json   # device, driver, library versions
-    python bench/gpu_report.py report --work WORK --out DIR         # the report; run after every part
+    python -m bench.gpu_report versions --out WORK/versions.json   # device, driver, library versions
+    python -m bench.gpu_report report --work WORK --out DIR         # the report; run after every part
 
 `report` reads WORK/parts.jsonl (one line per part: rc, seconds, cap, or why it was skipped), versions.json,
 correctness.json, e2e.json and WORK/bench/ (kernels.json, train_step_*.json, profile_*.txt). It writes into DIR
@@ -48,7 +48,6 @@ def versions() -> dict:
         out["git_revision"] = None
     import torch
 
-    sys.path.insert(0, str(REPO))
     from spanbert_train.attention import varlen_implementation
 
     out["torch"] = torch.__version__
@@ -57,7 +56,7 @@ def versions() -> dict:
     out["cuda_available"] = torch.cuda.is_available()
     out["varlen_attention"] = varlen_implementation()
     import spanbert_data.cli  # noqa: F401 - the setup part fails here if a runtime dependency is missing
-    import spanbert_train.cli  # noqa: F401
+    import spanbert_train.cli
     import spanbert_train.train  # noqa: F401
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -132,7 +131,7 @@ def md_sections(r: dict) -> list[str]:
     else:
         out.append("not run (see the parts table)")
     k = r.get("kernels")
-    out += ["", "## 2. Kernels (bench/kernels.py)", ""]
+    out += ["", "## 2. Kernels (bench/fused_kernels.py)", ""]
     if k:
         ceil, peaks = k.get("measured_ceilings"), k.get("datasheet_peaks") or {}
         line = f"{k.get('dtype')}, shapes {k.get('shapes')}, median of {k.get('repeats')}"

@@ -11,7 +11,7 @@ Same run, the cost of the corrupt-data guards (issue 16):
   thread WHILE the measured steps are built: tokens/s per rank, the wait for the first step (its shards are
   hashed first), and the SHA-256 rate of one thread.
 
-    python bench/loader.py [--data DATASET] [--global-batch 256] [--world 1] [--steps 20]
+    python -m bench.loader [--data DATASET] [--global-batch 256] [--world 1] [--steps 20]
                            [--tile-shards 8] [--tile-rows 16384] [--stream-steps 100]
 
 Same run, a dataset in object storage (issue 15): the stream from a local S3 server (moto, 127.0.0.1) through the
@@ -27,7 +27,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from bench.common import machine_info, write_result  # noqa: E402
 from spanbert_data.packing import record_batch_columns, rows_to_record_batch  # noqa: E402

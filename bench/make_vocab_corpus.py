@@ -1,6 +1,6 @@
 """Make a larger real-English corpus for bench/vocab.py from Debian documentation packages (offline).
 
-    python bench/make_vocab_corpus.py [--out /tmp/spanbert-vocab-corpus] [--packages python3.11-doc perl-doc]
+    python -m bench.make_vocab_corpus [--out /tmp/spanbert-vocab-corpus] [--packages python3.11-doc perl-doc]
 
 Downloads the packages with `apt-get download` (run `apt-get update` once first; no install, no root
 needed for the download itself), unpacks them with `dpkg-deb -x`, and copies their plain-text

@@ -10,27 +10,27 @@ kernel's tokens/s over the row's. Times are of the public mask_blocks (validatio
 included); the "blocks per call" row reuses output memory, the others pay fresh page faults.
 Writes bench/results/masking.json with machine info and the load average (the CPU may be shared).
 
-    python bench/masking.py            # 50 M tokens (the lead's full run)
-    python bench/masking.py --quick    # a small run
+    python -m bench.masking            # 50 M tokens (the lead's full run)
+    python -m bench.masking --quick    # a small run
 """
 
 import os
 
 os.environ["NUMBA_NUM_THREADS"] = "1"  # before numba is imported: one core, as the claim says
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+from pathlib import Path
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 
-from spanbert_data.masking import (  # noqa: E402
+from spanbert_data.masking import (
     SCHEMES,
     MaskingConfig,
     mask_blocks,

@@ -1,6 +1,6 @@
 """Padding of our packer (best-fit decreasing) against simpler packers and the optimum's lower bound.
 
-DESIGN.md aims for < 2% padding. How much padding is *possible* depends on the example lengths: two
+DESIGN §6 aims for < 2% padding. How much padding is *possible* depends on the example lengths: two
 examples longer than half a row never share one, so the gaps beside long examples can only be filled
 by short ones. Each distribution is therefore also scored with the Martello-Toth L2 lower bound on
 the number of rows of ANY packing. Peers, in the same run on the same lengths:
@@ -9,7 +9,7 @@ the number of rows of ANY packing. Peers, in the same run on the same lengths:
   first-fit-dec    longest first, each into the FIRST row with room
   best-fit-dec     ours (spanbert_data.packing.pack_examples): longest first, into the FULLEST row with room
 
-    .venv/bin/python bench/packing_padding.py [--repeats 5]
+    .venv/bin/python -m bench.packing_padding [--repeats 5]
 
 Prints a table and writes bench/results/packing_padding.json.
 """
@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
-
-from spanbert_data.packing import pack_examples, padding_fraction, rows_lower_bound  # noqa: E402
+from bench.common import machine_info, write_result
+from spanbert_data.packing import pack_examples, padding_fraction, rows_lower_bound
 
 ROW_LEN = 512
 

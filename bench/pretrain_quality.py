@@ -1,8 +1,8 @@
 """The paper's masking ablation in miniature: does span masking (+ SBO) learn what the baselines learn?
 
-    python bench/pretrain_quality.py                 # CPU: the tiny model, ≤ 45 min on 2 cores
-    python bench/pretrain_quality.py --scale gpu     # one GPU: the base model, ≤ 5 min
-    python bench/pretrain_quality.py --corpus FILE   # use an existing corpus (e.g. carried to a machine offline)
+    python -m bench.pretrain_quality                 # CPU: the tiny model, ≤ 45 min on 2 cores
+    python -m bench.pretrain_quality --scale gpu     # one GPU: the base model, ≤ 5 min
+    python -m bench.pretrain_quality --corpus FILE   # use an existing corpus (e.g. carried to a machine offline)
 
 Four models, identical in everything but the masking: the same corpus, vocabulary, held-out documents,
 model size, seed, learning-rate schedule and number of training tokens:
@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_info, write_result  # noqa: E402
+from bench.common import RESULTS, machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"subword": ("subword", 1.0), "whole-word": ("whole-word", 1.0), "span": ("span", 0.0),

@@ -1,10 +1,10 @@
 """Pass 1 (read → tokenize → block → Arrow token store) and the whole build (+ mask, pack, write shards)
 against the plain tokenizer on the same text.
 
-The tokenizer is the data pipeline's physical limit (DESIGN.md): this measures how much of its speed
+The tokenizer is the data pipeline's physical limit (DESIGN §9): this measures how much of its speed
 our pass 1 keeps. Both sides use the same tokenizer object settings and thread count, in one run.
 
-    .venv/bin/python bench/tokenize_blocks.py [--mb 20] [--repeats 3] [--encoder hf]
+    .venv/bin/python -m bench.tokenize_blocks [--mb 20] [--repeats 3] [--encoder hf]
 
 `--encoder hf` (the default here) keeps this a measure of pass 1's overhead over `tokenizers`;
 bench/wordpiece.py compares the compiled encoder (`--encoder fast`, the build's default) with it.
@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
-
-from spanbert_data.build import build_dataset  # noqa: E402
-from spanbert_data.config import BuildConfig  # noqa: E402
-from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents  # noqa: E402
-from spanbert_data.store import build_unit  # noqa: E402
-from spanbert_data.tokenizer import load_tokenizer  # noqa: E402
-from spanbert_data.units import Unit  # noqa: E402
+from bench.common import machine_info, write_result
+from spanbert_data.build import build_dataset
+from spanbert_data.config import BuildConfig
+from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+from spanbert_data.store import build_unit
+from spanbert_data.tokenizer import load_tokenizer
+from spanbert_data.units import Unit
 
 REPO = Path(__file__).resolve().parents[1]
 

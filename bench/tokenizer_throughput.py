@@ -1,11 +1,11 @@
 """WordPieceTokenizer.encode_lines (ids as NumPy) against plain tokenizers `encode_batch` on the same text.
 
-encode_lines must cost little beyond the tokenizer itself (DESIGN.md: the tokenizer is the pipeline's
+encode_lines must cost little beyond the tokenizer itself (DESIGN §9: the tokenizer is the pipeline's
 limit). The peer is `Tokenizer.encode_batch` returning Encoding objects, no NumPy at all; the runs are
 interleaved so that load from other processes hits every variant alike. A second table times only the
 Encoding -> flat NumPy conversion, the step where Python overhead hides, for the candidate ways.
 
-    .venv/bin/python bench/tokenizer_throughput.py [--dump PATH] [--repeats 5] [--threads N]
+    .venv/bin/python -m bench.tokenizer_throughput [--dump PATH] [--repeats 5] [--threads N]
 
 Text: the lines of a corpus file (default: the bundled Wikipedia sample, examples/wiki/), one
 sentence per line. Prints tables and writes bench/results/tokenizer_throughput.json.
@@ -18,18 +18,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import time
 from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
-
-from spanbert_data.corpus import CorpusStats, read_documents  # noqa: E402
-from spanbert_data.tokenizer import load_tokenizer, set_tokenizer_threads  # noqa: E402
+from bench.common import machine_info, write_result
+from spanbert_data.corpus import CorpusStats, read_documents
+from spanbert_data.tokenizer import load_tokenizer, set_tokenizer_threads
 
 REPO = Path(__file__).resolve().parents[1]
 DUMP = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"

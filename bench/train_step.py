@@ -12,10 +12,10 @@ MFU = tokens/s x model FLOPs per token (SpanBertForPreTraining.estimate_flops_pe
 attended length and target rates; the SAME useful FLOPs for the HF row) / the device's dense bf16 peak.
 Goals (issue 5): ours/triton on `large` >= 55% MFU on one H100 and >= 2x the HF row.
 
-    python bench/train_step.py                 # CUDA: base and large, triton + reference + HF (issue 5's run)
-    python bench/train_step.py --quick         # CPU smoke run: tiny, batch 2, 2 steps
-    python bench/train_step.py --models large --batch 16 --accum 2 --steps 20
-    python bench/train_step.py --profile large:ours/triton   # + top CUDA kernels of that row (torch profiler)
+    python -m bench.train_step                 # CUDA: base and large, triton + reference + HF (issue 5's run)
+    python -m bench.train_step --quick         # CPU smoke run: tiny, batch 2, 2 steps
+    python -m bench.train_step --models large --batch 16 --accum 2 --steps 20
+    python -m bench.train_step --profile large:ours/triton   # + top CUDA kernels of that row (torch profiler)
 
 Writes bench/results/train_step_<cpu|cuda>_<models>.json (device name, peak used, every row, speed-ups; --out-dir
 elsewhere), rewritten after every row so that a run stopped half-way keeps what it measured. --profile adds a
@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from bench.common import machine_info, peak_flops, write_result  # noqa: E402
 from bench.loader import _spread, build_example  # noqa: E402
@@ -147,7 +146,7 @@ def run_row(impl: str, cfg: ModelConfig, batch: Batch, device: torch.device, arg
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if profile:
             row["profile"] = profile_step(step, args.profile_steps, device)
-    except Exception as e:  # noqa: BLE001 - one failing row must not lose the others of a scarce GPU run
+    except Exception as e:
         traceback.print_exc()
         row["error"] = f"{type(e).__name__}: {e}"[:500]
     finally:

@@ -3,7 +3,7 @@
 Claims (issue 10): on held-out text, tokens per word within 2% of a vocabulary of the same size from the
 `tokenizers` trainer, and training time at most 2x that trainer's, on the same corpus and cores.
 
-    .venv/bin/python bench/vocab.py [--docs /tmp/spanbert-vocab-corpus] [--vocab-sizes 8000 28996] [--repeats 3]
+    .venv/bin/python -m bench.vocab [--docs /tmp/spanbert-vocab-corpus] [--vocab-sizes 8000 28996] [--repeats 3]
 
 Corpora: the bundled Wikipedia sample (examples/wiki, 2.6 MB) and, when present, the larger docs corpus
 that bench/make_vocab_corpus.py makes (Python and Perl manuals + the sample, ~23 MB). Each corpus's
@@ -29,18 +29,15 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
-
-from spanbert_data.build import corpus_vocabulary  # noqa: E402
-from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents  # noqa: E402
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor  # noqa: E402
-from spanbert_data.vocab import WordSplitter  # noqa: E402
+from bench.common import machine_info, write_result
+from spanbert_data.build import corpus_vocabulary
+from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
+from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
+from spanbert_data.vocab import WordSplitter
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"

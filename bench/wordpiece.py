@@ -1,6 +1,6 @@
 """The compiled WordPiece encoder (spanbert_data/wordpiece.py) against HF `tokenizers`, same text, same run.
 
-    .venv/bin/python bench/wordpiece.py [--mb 20] [--repeats 3] [--corpus FILE_OR_DIR] [--tokenizer PATH]
+    .venv/bin/python -m bench.wordpiece [--mb 20] [--repeats 3] [--corpus FILE_OR_DIR] [--tokenizer PATH]
 
 1. Encoding: tokens/s and MB/s of ours (`WordPieceTokenizer.encode_lines`, flat NumPy ids + counts) and
    of `tokenizers.Tokenizer.encode_batch_fast` (Encoding objects only, its cheapest output), with one
@@ -30,8 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_result  # noqa: E402
+from bench.common import machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32768  # lines per encode call, as spanbert_data.store.LINES_PER_BATCH

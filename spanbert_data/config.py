@@ -1,4 +1,4 @@
-"""The build's options, one dataclass, defaults reproducing SPEC.md."""
+"""The build's options, one dataclass, defaults reproducing the method (SPEC §1–§3)."""
 
 from __future__ import annotations
 

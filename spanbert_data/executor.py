@@ -1,4 +1,4 @@
-"""The build's one executor seam: where its tasks run (DESIGN.md, "Scale-out").
+"""The build's one executor seam: where its tasks run (DESIGN §3).
 
 The driver (`build.py`) plans tasks with stable keys, hands them to an executor and gathers their
 results; only the driver writes `build.json` and `manifest.json`. A task writes its own output files

@@ -1,4 +1,4 @@
-"""Self-attention over packed rows: every example attends only to itself (SPEC §1, DESIGN "Attention").
+"""Self-attention over packed rows: every example attends only to itself (SPEC §1, DESIGN §7).
 
 A training row holds several examples back to back, then padding. Two exact ways to keep attention
 inside an example are offered, chosen once per forward pass by :func:`build_layout`:

@@ -1,4 +1,4 @@
-"""Atomic, safe-to-load checkpoints: RUN_DIR/checkpoints/step-NNNNNNNN/ (SPEC issue 4, item 6).
+"""Atomic, safe-to-load checkpoints: RUN_DIR/checkpoints/step-NNNNNNNN/ (DESIGN §7).
 
 A checkpoint directory holds
   model.safetensors       the model's tensors (tied weights stored once)

@@ -13,6 +13,8 @@ when invoked, so `spanbert-train --help` stays fast and modules never import eac
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 import click
@@ -161,6 +163,14 @@ def cli(ctx: click.Context, config_file, model_set, print_config, **options) -> 
     train(cfg)
 
 
+def _exiting_on_error() -> None:
+    """Under torchrun every rank stops on the same error together, and torchrun SIGTERMs the ranks still running
+    once one has exited: ignore SIGTERM from here on, so that this rank too exits with its own status. (Only as a
+    torchrun worker: an ignored SIGTERM would be inherited by any process started later by an embedding program.)"""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning user errors into one line on stderr and exit status 2."""
     from spanbert_data.shards import DatasetError
@@ -181,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted!", err=True)
         sys.exit(1)
     except user_errors as e:
+        _exiting_on_error()
         click.echo(f"spanbert-train: error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         from spanbert_train.train import TrainingError
 
         if isinstance(e, TrainingError):
+            _exiting_on_error()
             click.echo(f"spanbert-train: error: {e}", err=True)
             sys.exit(1)
         raise

@@ -1,4 +1,4 @@
-"""The trainer's options: one dataclass per concern, defaults reproducing SPEC.md §4–§5.
+"""The trainer's options: one dataclass per concern, defaults reproducing SPEC §4–§5.
 
 A run's configuration is resolved in layers — the dataclass defaults, then a `--config` file
 (TOML; YAML when PyYAML is installed), then the command-line options actually given, and last the

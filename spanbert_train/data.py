@@ -4,7 +4,7 @@ Every shard is memory-mapped (`pa.memory_map` + `pa.ipc.open_file`) and its colu
 zero-copy as NumPy arrays; a batch is gathered with NumPy fancy indexing (the ragged list columns
 through their offsets), never with a Python loop over tokens.
 
-Order (DESIGN.md, Determinism): training epoch e reads mask epoch e mod K, in the order of a
+Order (DESIGN §8): training epoch e reads mask epoch e mod K, in the order of a
 permutation of that epoch's rows seeded by (seed, e). Global batch b is perm[b·G:(b+1)·G]; it is
 split contiguously over the ranks, and each rank's part contiguously into micro-batches. The
 sequence of global batches therefore depends only on (seed, epoch, G): a run resumed at position
@@ -362,16 +362,20 @@ class TrainLoader:
                 self.verifier.producing_epoch = epoch
                 item = self.make_step(epoch, index)
                 self.verifier.step_built(epoch, index)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(item):
                     return
         except BaseException as e:  # handed to the consumer, which re-raises it in the main thread
-            self._queue.put(e)
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        """Queue `item` unless the loader is closing (then False): a full queue never blocks close()."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _start(self) -> None:
         if self._thread is None:
@@ -401,8 +405,10 @@ class TrainLoader:
         return {"epoch": self.position[0], "batch": self.position[1], "global_batch_size": self.G, "seed": self.seed}
 
     def close(self) -> None:
+        """Stop both threads and wait for them: each stops within one batch or one shard hash. A thread still inside
+        a torch call when the interpreter finalises would abort the process (see spanbert_train.dist)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.verifier.join(timeout=5)
+            self._thread.join()
+        self.verifier.join()
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from spanbert_data.shards import is_url
 from spanbert_train.config import ConfigError
 from spanbert_train.data import Dataset, RowSource, to_batch
+from spanbert_train.dist import setup_distributed, shutdown_distributed
 
 EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
 SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words
@@ -243,7 +244,6 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
 
     from spanbert_train.export import ExportError, _checkpoint_model_config, resolve_checkpoint
     from spanbert_train.model import SpanBertForPreTraining
-    from spanbert_train.train import setup_distributed
 
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16 (got {precision!r})")
@@ -283,8 +283,7 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
                                 rank=d.rank, world=d.world, device=d.device, autocast=autocast)  # fmt: skip
     finally:
         dataset.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
     if result is None:
         raise ConfigError(f"{data_dir}: the {split} split has no rows (build with --valid-fraction > 0)")
     return {"checkpoint": str(ckpt), "step": meta.get("step"), "data": str(data_dir), "split": split,

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from spanbert_train.checkpoint import (
 )
 from spanbert_train.config import ConfigError, TrainConfig
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
+from spanbert_train.dist import setup_distributed, shutdown_distributed
 from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
@@ -48,30 +47,6 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); the message names the step and the way back."""
 
 
-@dataclass
-class DistInfo:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, device)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -79,7 +54,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_kernels(kernels: str, device: torch.device) -> str:
-    """'auto' → the Triton kernels on CUDA, the plain-PyTorch references elsewhere (DESIGN.md)."""
+    """'auto' → the Triton kernels on CUDA, the plain-PyTorch references elsewhere (DESIGN §9)."""
     if kernels == "auto":
         return "triton" if device.type == "cuda" else "reference"
     return kernels
@@ -409,6 +384,8 @@ class Trainer:
         self.request_stop()
 
     def close(self) -> None:
+        """Stop the loader's threads and let go of DDP, which holds the process group (see spanbert_train.dist)."""
+        self.ddp = None
         self.loader.close()
         self.dataset.close()
         if self.logger:
@@ -422,11 +399,23 @@ def _main_thread() -> bool:
 
 
 def train(cfg: TrainConfig, on_step: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
-    """Train one run as configured; returns the metric rows (training and validation) of this process."""
-    trainer = Trainer(cfg, on_step)
+    """Train one run as configured; returns the metric rows (training and validation) of this process.
+
+    However it ends, the loader's threads are stopped and the process group is freed before this returns or raises
+    (spanbert_train.dist). On an error every rank raises together (spanbert_train.agree), and torchrun SIGTERMs the
+    ranks still running as soon as one has exited: SIGTERM is ignored while this rank cleans up after the same
+    error, so that it too gets to print its one line and exit with its own status."""
+    trainer, previous = None, None
     try:
+        trainer = Trainer(cfg, on_step)
         return trainer.run()
+    except BaseException:
+        if _main_thread():
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
     finally:
-        trainer.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if trainer is not None:
+            trainer.close()
+        shutdown_distributed()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

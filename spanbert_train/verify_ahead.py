@@ -46,7 +46,7 @@ class VerifyAhead:
         self._thread = threading.Thread(target=self._run, name="spanbert-verify", daemon=True)
         self._thread.start()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 

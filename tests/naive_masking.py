@@ -1,6 +1,6 @@
 """Slow, obvious pure-Python twins of spanbert_data.rng and spanbert_data.masking (SPEC §2, §3).
 
-Written from the SPEC, one block at a time, with sets, lists and sorting instead of scratch arrays.
+Written from SPEC §2–§3, one block at a time, with sets, lists and sorting instead of scratch arrays.
 They consume the SAME counter-based stream in the same order as the Numba kernels, so their output
 must be identical, not merely similar.
 """

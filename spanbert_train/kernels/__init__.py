@@ -10,7 +10,7 @@
 
 ``"reference"`` is plain PyTorch and imports nothing else; ``"triton"`` imports Triton only when asked for, so
 the trainer runs where Triton is not installed. The trainer resolves ``"auto"`` (Triton on CUDA, reference
-elsewhere) and logs its choice (DESIGN.md, performance principles).
+elsewhere) and logs its choice (DESIGN §9).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spanbert_train.attention import build_layout, compute_dtype
+from spanbert_train.dist import setup_distributed, shutdown_distributed
 from spanbert_train.export import ExportError, load_hf_weights, model_config_from_hf
 from spanbert_train.model import BertModel, SpanBertForPreTraining
 from spanbert_train.qa.squad import (
@@ -183,19 +183,6 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; a single process when it is not set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
-
-
 def finetune_qa(model_dir: str | Path, train_path: str | Path, dev_path: str | Path, out_dir: str | Path,
                 cfg: QAConfig, log=print) -> dict | None:  # fmt: skip
     """Fine-tune on `train_path`, evaluate on `dev_path`, write predictions.json and metrics.json to `out_dir`.
@@ -205,7 +192,8 @@ def finetune_qa(model_dir: str | Path, train_path: str | Path, dev_path: str | P
     cfg.validate()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     tok_file = model_dir / "tokenizer.json" if (model_dir / "tokenizer.json").is_file() else model_dir / "vocab.txt"
-    rank, world, device = _setup_distributed()
+    d = setup_distributed()
+    rank, world, device = d.rank, d.world, d.device
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     torch.manual_seed(cfg.seed)
@@ -225,32 +213,35 @@ def finetune_qa(model_dir: str | Path, train_path: str | Path, dev_path: str | P
         log(f"finetune-qa: {len(train_ex)} questions -> {len(train_feats)} windows "
             f"({train_feats.skipped_answers} answers not found at answer_start); {world} process(es) on {device}; "
             f"{total_steps} steps of {cfg.batch_size} windows")  # fmt: skip
-    t0, step, losses = time.time(), 0, []
-    while step < total_steps:
-        # The same permutation on every rank (seed, epoch); rank r takes slots r, r+world, … of each batch.
-        perm = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(len(train_feats))
-        for b in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            batch_idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            if len(batch_idx) < cfg.batch_size:  # fewer windows than one batch: repeat them
-                batch_idx = np.resize(perm, cfg.batch_size)
-            idx = batch_idx[rank::world][:per_rank]
-            train_model.train()
-            with _autocast(device):
-                start, end = train_model(**_tensors(train_feats, idx, device))
-            s_gold = torch.from_numpy(train_feats.start_positions[idx]).to(device)
-            e_gold = torch.from_numpy(train_feats.end_positions[idx]).to(device)
-            loss = (F.cross_entropy(start, s_gold) + F.cross_entropy(end, e_gold)) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            if rank == 0 and (step % 50 == 0 or step == total_steps):
-                log(f"step {step}/{total_steps}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
+    try:
+        t0, step, losses = time.time(), 0, []
+        while step < total_steps:
+            # The same permutation on every rank (seed, epoch); rank r takes slots r, r+world, … of each batch.
+            perm = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(len(train_feats))
+            for b in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                batch_idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if len(batch_idx) < cfg.batch_size:  # fewer windows than one batch: repeat them
+                    batch_idx = np.resize(perm, cfg.batch_size)
+                idx = batch_idx[rank::world][:per_rank]
+                train_model.train()
+                with _autocast(device):
+                    start, end = train_model(**_tensors(train_feats, idx, device))
+                s_gold = torch.from_numpy(train_feats.start_positions[idx]).to(device)
+                e_gold = torch.from_numpy(train_feats.end_positions[idx]).to(device)
+                loss = (F.cross_entropy(start, s_gold) + F.cross_entropy(end, e_gold)) / 2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                losses.append(loss.item())
+                if rank == 0 and (step % 50 == 0 or step == total_steps):
+                    log(f"step {step}/{total_steps}  loss {np.mean(losses[-50:]):.4f}  {time.time() - t0:.0f}s")
+    finally:
+        train_model = None  # DDP holds the process group: let it go before leaving (spanbert_train.dist)
     metrics = None
     if rank == 0:
         dev_feats = make_features(dev_ex, tokenizer, cfg.window())
@@ -313,5 +304,4 @@ def finetune_qa_command(model_dir, train_path, dev_path, out, epochs, lr, batch_
     except (ValueError, ExportError) as e:
         raise click.ClickException(str(e)) from None
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from bench import gpu_correctness, gpu_report
+from spanbert_train.attention import PackedLayout
+from spanbert_train.kernels import Ops, get_ops
 
-from bench import gpu_correctness, gpu_report  # noqa: E402
-from spanbert_train.attention import PackedLayout  # noqa: E402
-from spanbert_train.kernels import Ops, get_ops  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_end_to_end(tmp_path):

@@ -155,7 +155,7 @@ def test_budget_is_the_arithmetic_ceiling():
 def test_identical_to_naive_twin(fake_vocab, scheme, replacement):
     ws, special, counts = fake_vocab
     cdf = replacement_cdf(counts, special, replacement)
-    # Awkward lengths (empty, tiny; 20 and 100 hit integer budgets), then random ones; SPEC's and odd options.
+    # Awkward lengths (empty, tiny; 20 and 100 hit integer budgets), then random ones; SPEC §2 defaults and odd options.
     lengths = [1, 2, 0, 3, 20, 100, 510] + list(np.random.default_rng(3).integers(1, 511, 34))
     blocks = _fake_blocks(len(lengths), seed=4, lengths=lengths)
     keys = np.arange(1000, 1000 + len(blocks)) * 7919

@@ -193,7 +193,7 @@ def test_padding_mixed_distribution_is_near_optimal():
 
 
 def test_padding_wiki_like_below_two_percent():
-    """Greedy sentence blocks of Wikipedia-like documents (~2,000 blocks): < 2% padding (DESIGN.md)."""
+    """Greedy sentence blocks of Wikipedia-like documents (~2,000 blocks): < 2% padding (DESIGN §6)."""
     lengths = wiki_like_lengths(np.random.default_rng(1), 1200)
     assert 1500 < lengths.size < 2500
     n_rows = pack_examples(lengths, 512)[2]

@@ -11,8 +11,8 @@ per op for every implementation: bytes a fused pass must move (GB/s) or GEMM FLO
 On CUDA each throughput is also given as a fraction of the device's datasheet peak (HBM bandwidth for GB/s,
 dense bf16 for TFLOP/s) and of the ceilings measured in the same run (a large copy, an 8192^3 bf16 matmul).
 
-    .venv/bin/python bench/kernels.py            # full shapes (meant for a GPU)
-    .venv/bin/python bench/kernels.py --quick    # small shapes, fp32; the only mode to run on a shared CPU
+    .venv/bin/python -m bench.fused_kernels            # full shapes (meant for a GPU)
+    .venv/bin/python -m bench.fused_kernels --quick    # small shapes, fp32; the only mode to run on a shared CPU
 
 Prints a table and writes bench/results/kernels.json (--out-dir elsewhere), rewritten after every row so that
 a run stopped half-way keeps what it measured.
@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, measure_ceilings, peak_bandwidth, peak_flops, write_result  # noqa: E402
-
-from spanbert_train.kernels import get_ops  # noqa: E402
+from bench.common import machine_info, measure_ceilings, peak_bandwidth, peak_flops, write_result
+from spanbert_train.kernels import get_ops
 
 FULL = {"tokens": 16384, "hidden": 1024, "ffn": 4096, "targets": 10240, "vocab": 28996}
 QUICK = {"tokens": 512, "hidden": 256, "ffn": 1024, "targets": 512, "vocab": 4096}
