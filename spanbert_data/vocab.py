@@ -33,7 +33,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
 from spanbert_data.units import Unit, unit_documents
-from spanbert_data.wordcount import count_lines
+from spanbert_data.wordcount import batches, count_lines
 
 MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
@@ -72,15 +72,7 @@ def count_words(lines: Iterable[str], splitter: WordSplitter | None = None) -> C
     """Word -> count over lines, normalised and split in chunks of about 64 K characters."""
     splitter = splitter or WordSplitter()
     counts: Counter = Counter()
-    chunk: list[str] = []
-    size = 0
-    for line in lines:
-        chunk.append(line)
-        size += len(line)
-        if size >= _CHUNK_CHARS:
-            counts.update(splitter.words("\n".join(chunk)))
-            chunk, size = [], 0
-    if chunk:
+    for chunk in batches(lines, _CHUNK_CHARS):
         counts.update(splitter.words("\n".join(chunk)))
     return counts
 

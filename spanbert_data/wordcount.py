@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from numba import njit
@@ -25,7 +25,15 @@ from tokenizers import Tokenizer, models
 
 from spanbert_data.tokenizer import _bert_pipeline
 from spanbert_data.wordpiece import _item, _next_code, _put_utf8, line_bytes
-from spanbert_data.wordpiece_merges import _EMPTY, _FNV_OFFSET, _FNV_PRIME, _bytes_hash, _grow
+from spanbert_data.wordpiece_merges import (
+    _EMPTY,
+    _FNV_OFFSET,
+    _FNV_PRIME,
+    _bytes_hash,
+    _grow,
+    _hashed_slot,
+    _token_slot,
+)
 from spanbert_data.wordpiece_tables import REMOVED, ROUTE, SEQ_BASE, SPACE, SPACE_CLASS, WORD, char_tables
 
 BATCH_CHARS = 1 << 22  # characters counted per call: large enough to amortise the call, small enough for its buffers
@@ -33,33 +41,12 @@ BATCH_CHARS = 1 << 22  # characters counted per call: large enough to amortise t
 
 # ------------------------------------------------------------------------------------ the table of words
 # Word t is arena[off[t]:off[t + 1]], seen counts[t] times; a slot of `table` holds a word id or _EMPTY
-# (open addressing, linear probing, FNV-1a of the bytes as in wordpiece_merges, load factor at most 1/2).
+# (wordpiece_merges' token table: open addressing, linear probing, FNV-1a of the bytes; load factor at most 1/2).
 # A word is looked up after it is written at the arena's end, off[n]: when it is new it is already in place.
-@njit(cache=True, inline="always")
-def _slot(table, off, arena, lo, hi, h):
-    """The slot of the word arena[lo:hi] (FNV-1a hash h): its own, or the empty one where it belongs."""
-    mask = table.shape[0] - 1
-    s = np.int64(h >> np.uint64(1)) & mask
-    while True:
-        t = table[s]
-        if t == _EMPTY:
-            return s
-        a = off[t]
-        if off[t + 1] - a == hi - lo:
-            same = True
-            for k in range(hi - lo):
-                if arena[a + k] != arena[lo + k]:
-                    same = False
-                    break
-            if same:
-                return s
-        s = (s + 1) & mask
-
-
 @njit(cache=True, inline="always")
 def _intern(table, off, arena, counts, n, lo, hi, h):
     """(id, new n) of the word arena[lo:hi] written at the arena's end (lo = off[n]); added when new."""
-    slot = _slot(table, off, arena, lo, hi, h)
+    slot = _hashed_slot(table, off, arena, arena, lo, hi, h)
     t = table[slot]
     if t == _EMPTY:
         t = n
@@ -96,7 +83,7 @@ def _reserve(table, off, arena, counts, n, words, nbytes):
             size *= 2
         table = np.full(size, _EMPTY, dtype=np.int32)
         for u in range(n):
-            table[_slot(table, off, arena, off[u], off[u + 1], _bytes_hash(arena, off[u], off[u + 1]))] = u
+            table[_token_slot(table, off, arena, arena, off[u], off[u + 1])] = u
     return table, off, arena, counts
 
 
@@ -181,7 +168,7 @@ def _count_lines(buf, starts, ends, first, tables, per_byte, table, off, arena, 
                     h = _FNV_OFFSET
         if route:  # undo the line: its new words go, newest first, which restores the table exactly
             for t in range(n - 1, n_line - 1, -1):
-                table[_slot(table, off, arena, off[t], off[t + 1], _bytes_hash(arena, off[t], off[t + 1]))] = _EMPTY
+                table[_token_slot(table, off, arena, arena, off[t], off[t + 1])] = _EMPTY
             return li, table, off, arena, counts, n_line, line_words
         if pos > lo:
             line_words[m], n = _intern(table, off, arena, counts, n, lo, pos, h)
@@ -262,17 +249,24 @@ def _splitter() -> _Splitter:
     return _Splitter()
 
 
-def count_lines(lines: Iterable[str]) -> tuple[str, np.ndarray]:
-    """(distinct words joined by "\\n" in first-seen order, their counts int64) of lines, split as the saved
-    tokenizer splits them. Raises UnicodeEncodeError for a str that is not valid Unicode (lone surrogates)."""
-    counter = WordCounter()
+def batches(lines: Iterable[str], chars: int) -> Iterator[list[str]]:
+    """Consecutive lines in lists of about `chars` characters (the last may be shorter; none is empty)."""
     batch: list[str] = []
     size = 0
     for line in lines:
         batch.append(line)
         size += len(line)
-        if size >= BATCH_CHARS:
-            counter.add_lines(batch)
+        if size >= chars:
+            yield batch
             batch, size = [], 0
-    counter.add_lines(batch)
+    if batch:
+        yield batch
+
+
+def count_lines(lines: Iterable[str]) -> tuple[str, np.ndarray]:
+    """(distinct words joined by "\\n" in first-seen order, their counts int64) of lines, split as the saved
+    tokenizer splits them. Raises UnicodeEncodeError for a str that is not valid Unicode (lone surrogates)."""
+    counter = WordCounter()
+    for batch in batches(lines, BATCH_CHARS):
+        counter.add_lines(batch)
     return counter.joined(), counter.counts()
