@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -117,10 +119,19 @@ class InlineExecutor(Executor):
         return "this process"
 
 
-def _init_pool_worker(threads: int) -> None:
+def _init_pool_worker(threads: int, driver: int) -> None:
     from spanbert_data.tokenizer import set_tokenizer_threads
 
     set_tokenizer_threads(threads)
+    threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True, name="spanbert-driver-watch").start()
+
+
+def _exit_with_driver(driver: int) -> None:
+    """End this worker once the driver is gone. A pool worker waits on a queue whose pipe it holds both ends of, so
+    a driver killed with SIGKILL (OOM killer, `kill -9`) would leave it waiting forever; a re-run starts new ones."""
+    while os.getppid() == driver:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 class PoolExecutor(Executor):
@@ -134,7 +145,7 @@ class PoolExecutor(Executor):
         if self._pool is None:
             ctx = get_context("spawn")  # fork after tokenizers' threads started can deadlock
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_pool_worker,
-                                             initargs=(tokenizer_threads(self.workers),))  # fmt: skip
+                                             initargs=(tokenizer_threads(self.workers), os.getpid()))  # fmt: skip
         return self._pool
 
     def run(self, fn, tasks, on_done) -> None:

@@ -34,7 +34,7 @@ from spanbert_data.wordpiece_merges import (
     _hashed_slot,
     _token_slot,
 )
-from spanbert_data.wordpiece_tables import REMOVED, ROUTE, SEQ_BASE, SPACE, SPACE_CLASS, WORD, char_tables
+from spanbert_data.wordpiece_tables import ISOLATE, REMOVED, ROUTE, SEQ_BASE, SPACE, SPACE_CLASS, WORD, char_tables
 
 BATCH_CHARS = 1 << 22  # characters counted per call: large enough to amortise the call, small enough for its buffers
 
@@ -120,7 +120,7 @@ def _count_lines(buf, starts, ends, first, tables, per_byte, table, off, arena, 
         route = False
         while i < end:
             c = buf[i]
-            if c < 0x80:  # the common case, kept tight: an ASCII word character or space (3x the general path)
+            if c < 0x80:  # the common case, kept tight: an ASCII word character, space or punctuation (3x faster)
                 code = ascii_codes[c]
                 if code >= 0:
                     arena[pos] = code
@@ -128,13 +128,19 @@ def _count_lines(buf, starts, ends, first, tables, per_byte, table, off, arena, 
                     h = (h ^ np.uint64(code)) * _FNV_PRIME
                     i += 1
                     continue
-                if code == SPACE:
+                if code == SPACE or code == ISOLATE:
                     i += 1
                     if pos > lo:
                         line_words[m], n = _intern(table, off, arena, counts, n, lo, pos, h)
                         m += 1
                         lo = pos = off[n]
                         h = _FNV_OFFSET
+                    if code == ISOLATE:  # punctuation: a word of its own
+                        arena[pos] = c
+                        line_words[m], n = _intern(table, off, arena, counts, n, lo, pos + 1,
+                                                   (_FNV_OFFSET ^ np.uint64(c)) * _FNV_PRIME)  # fmt: skip
+                        m += 1
+                        lo = pos = off[n]
                     continue
             cp, code, i = _next_code(buf, i, ascii_codes, block_index, blocks)
             if code >= 0:  # a word character

@@ -6,12 +6,13 @@ per core the process may use, says so at the start, and writes the bytes of `--w
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from spanbert_data.cores import cgroup_cpu_quota, usable_cores
-from tests.faults.helpers import DATA_CLI, dataset_bytes, run, split_corpus
+from tests.faults.helpers import DATA_CLI, dataset_bytes, run, spawn, split_corpus, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"
@@ -92,3 +93,47 @@ def test_vocab_without_workers_uses_one_core_under_an_affinity_of_one(tmp_path):
                preexec_fn=lambda: os.sched_setaffinity(0, AFFINITY[:1]))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "workers: 1 (one per usable core" in done.stderr
+
+
+# ------------------------------------------------------------------------------- workers of a killed driver
+def pool_workers(driver: int) -> list[int]:
+    """The driver's spawned pool workers (children running multiprocessing's spawn_main), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == driver and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_workers_exit_when_the_driver_is_killed(tmp_path):
+    """A pool worker holds both ends of its task queue's pipe, so it never sees the driver go: without a watch on
+    its parent, every `kill -9` of a default build (now a pool) left its workers waiting forever."""
+    corpus = split_corpus(SAMPLE, tmp_path / "corpus", 3)
+    vocab = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
+    driver = spawn([*DATA_CLI, "build", "--corpus", corpus, "--out", tmp_path / "out", "--tokenizer", vocab,
+                    "--unit-mb", "0.1", "--workers", "2"])  # fmt: skip
+    try:
+        # both workers started and past their first task (a worker still starting would exit on its own)
+        assert wait_for(lambda: len(list((tmp_path / "out" / "store").glob("unit-*.json"))) >= 2, timeout=120)
+        workers = pool_workers(driver.pid)
+        assert len(workers) == 2
+    finally:
+        driver.kill()
+        driver.wait()
+    gone = wait_for(lambda: not any(map(running, workers)), timeout=15)
+    for pid in filter(running, workers):  # (only when the test fails: leave no process behind)
+        os.kill(pid, signal.SIGKILL)
+    assert gone, f"workers {workers} outlived the driver"
