@@ -43,7 +43,7 @@ BATCH_CHARS = 1 << 22  # characters counted per call: large enough to amortise t
 # Word t is arena[off[t]:off[t + 1]], seen counts[t] times; a slot of `table` holds a word id or _EMPTY
 # (wordpiece_merges' token table: open addressing, linear probing, FNV-1a of the bytes; load factor at most 1/2).
 # A word is looked up after it is written at the arena's end, off[n]: when it is new it is already in place.
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _intern(table, off, arena, counts, n, lo, hi, h):
     """(id, new n) of the word arena[lo:hi] written at the arena's end (lo = off[n]); added when new."""
     slot = _hashed_slot(table, off, arena, arena, lo, hi, h)
@@ -57,7 +57,7 @@ def _intern(table, off, arena, counts, n, lo, hi, h):
     return t, n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _put(arena, pos, cp, h):
     """Append code point cp as UTF-8 at arena[pos:], folding its bytes into the FNV-1a hash h."""
     if cp < 0x80:

@@ -79,7 +79,7 @@ def _token_slot(table, tok_off, tok_bytes, buf, lo, hi):
     return _hashed_slot(table, tok_off, tok_bytes, buf, lo, hi, _bytes_hash(buf, lo, hi))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _hashed_slot(table, tok_off, tok_bytes, buf, lo, hi, fnv):
     """`_token_slot` with the FNV-1a hash of buf[lo:hi] already known (wordcount.py hashes as it writes)."""
     mask = table.shape[0] - 1
