@@ -36,11 +36,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from bench.common import machine_info, write_result  # noqa: E402
+from spanbert_data.files import atomic_write_json, sha256_file  # noqa: E402
 from spanbert_data.packing import record_batch_columns, rows_to_record_batch  # noqa: E402
 from spanbert_data.rowcheck import first_bad_row  # noqa: E402
-from spanbert_data.shards import atomic_write_json, load_manifest, read_arrow_file, sha256_file, write_arrow_file  # noqa: E402
+from spanbert_data.shards import load_manifest, read_arrow_file, write_arrow_file  # noqa: E402
 from spanbert_train.batch import make_batch  # noqa: E402
-from spanbert_train.data import LIST_COLUMNS, Dataset, TrainLoader, epoch_order  # noqa: E402
+from spanbert_train.data import Dataset, TrainLoader, epoch_order  # noqa: E402
+from spanbert_train.shard import LIST_COLUMNS  # noqa: E402
 
 
 def build_example(out: Path) -> Path:

@@ -30,14 +30,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from spanbert_data.masking import (
-    SCHEMES,
-    MaskingConfig,
-    mask_blocks,
-    replacement_cdf,
-    span_length_probs,
-    word_start_table,
-)
+from spanbert_data.config import SCHEMES, MaskingConfig  # noqa: E402
+from spanbert_data.masking import mask_blocks, replacement_cdf, span_length_probs  # noqa: E402
+from spanbert_data.tokenizer import word_start_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests/assets/bert-uncased-tokenizer.json"

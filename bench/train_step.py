@@ -43,9 +43,10 @@ from bench.loader import _spread, build_example  # noqa: E402
 from bench.profiling import format_profile, profile_step  # noqa: E402
 from spanbert_train.batch import Batch  # noqa: E402
 from spanbert_train.config import OptimConfig  # noqa: E402
-from spanbert_train.data import Dataset, RowSource, to_batch  # noqa: E402
+from spanbert_train.data import Dataset, to_batch  # noqa: E402
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining  # noqa: E402
 from spanbert_train.optim import build_optimizer  # noqa: E402
+from spanbert_train.shard import RowSource  # noqa: E402
 
 
 def attended_length(batch: Batch, pad_id: int) -> float:

@@ -14,7 +14,7 @@ Timed, interleaved per repeat, from the training files to a finished tokenizer, 
 time and as CPU time (this process's threads + its finished worker processes; steadier on a shared machine):
 - peer: our corpus reader -> `Tokenizer.train_from_iterator` with `trainers.WordPieceTrainer` (same
   options as our old code path: cased BERT normaliser, BERT pre-tokenizer, min_frequency 2), Rayon on all cores;
-- ours: `build.train_vocabulary` with --workers = all cores (spawned processes count the units), and
+- ours: `vocab.train_vocabulary` with --workers = all cores (spawned processes count the units), and
   with --workers 1 (in-process; the bytes must be identical).
 Also ours on a sample of half the training text (`--vocab-sample-mb`). Quality: tokens per word on the
 held-out documents (words as the BERT pre-tokenizer splits them), and the share of [UNK]. Prints a
@@ -40,10 +40,9 @@ from pathlib import Path
 
 from bench.common import machine_info, write_result
 from bench.vocab_counting import default_build, per_core, print_default_build, print_per_core
-from spanbert_data.build import corpus_vocabulary
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
-from spanbert_data.vocab import WordSplitter
+from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, bert_post_processor
+from spanbert_data.vocab import WordSplitter, corpus_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"
@@ -85,12 +84,12 @@ def train_peer(train_dir: Path, vocab_size: int) -> WordPieceTokenizer:
                 yield from doc.lines
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
-    _bert_pipeline(tok, lowercase=False)
+    bert_pipeline(tok, lowercase=False)
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                         special_tokens=list(SPECIAL_TOKENS.values()),
                                         continuing_subword_prefix="##")  # fmt: skip
     tok.train_from_iterator(lines(), trainer)
-    _bert_post_processor(tok)
+    bert_post_processor(tok)
     return WordPieceTokenizer(tok, "<tokenizers WordPieceTrainer>")
 
 

@@ -37,11 +37,11 @@ def per_core_worker(train_dir: Path, unit_bytes: int, repeats: int) -> dict:
     from spanbert_data.tokenizer import set_tokenizer_threads
 
     set_tokenizer_threads(1)  # before anything encodes: Rayon and the compiled encoder on one thread
-    from spanbert_data.build import corpus_vocabulary
     from spanbert_data.corpus import CorpusStats, list_corpus_files
     from spanbert_data.store import build_unit
-    from spanbert_data.units import plan_sources, unit_documents
-    from spanbert_data.vocab import count_unit_words, count_words
+    from spanbert_data.unit_reader import unit_documents
+    from spanbert_data.units import plan_sources
+    from spanbert_data.vocab import corpus_vocabulary, count_unit_words, count_words
 
     units = [u for s in plan_sources(list_corpus_files(train_dir), train_dir, unit_bytes) for u in s.units()]
     total = sum(u.bytes for u in units)

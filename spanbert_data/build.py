@@ -9,11 +9,8 @@ what is missing, and a finished build re-run is a no-op.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,87 +19,62 @@ import numpy as np
 
 from spanbert_data import __version__
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusError, CorpusStats, list_corpus_files
-from spanbert_data.executor import Executor, ExecutorError, make_executor, prepare_task_process
+from spanbert_data.corpus import CorpusStats, describe_skipped, list_corpus_files, require_documents
+from spanbert_data.errors import BuildError
+from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
+from spanbert_data.files import atomic_write_bytes, atomic_write_json, sha256_file
+from spanbert_data.layout import BUILD_FILE, FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE
 from spanbert_data.masking import replacement_cdf
-from spanbert_data.progress import Progress
+from spanbert_data.output import BuildOutput, open_output, remove_stale_temps
+from spanbert_data.progress import Progress, stderr
+from spanbert_data.rng import splitmix64
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
-from spanbert_data.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST,
-    atomic_write_bytes,
-    atomic_write_json,
-    is_url,
-    sha256_file,
-)
 from spanbert_data.store import build_unit, unit_is_complete
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
-from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, iter_stream_units, plan_sources
-from spanbert_data.vocab import WordCounts, count_unit_words, merge_counts, sample_units, train_from_counts
-
-BUILD_FILE = "build.json"  # written first: claims the directory and pins the options of a resumable build
-TOKENIZER_FILE = "tokenizer.json"
+from spanbert_data.unit_reader import iter_stream_units
+from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
+from spanbert_data.vocab import train_vocabulary
 
 
-class BuildError(Exception):
-    """A user-facing build failure: one line naming the file and what to do."""
-
-
-def _stderr(msg: str) -> None:
-
-    print(msg, file=sys.stderr, flush=True)
-
-
-def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = _stderr, storage_options: dict | None = None) -> dict:
+def build_dataset(cfg: BuildConfig, log: Callable[[str], None] = stderr, storage_options: dict | None = None) -> dict:
     """Run (or resume) a build; return the manifest. Raises BuildError, CorpusError or ValueError on bad input.
 
     `cfg.out` may be an fsspec URL (s3://, gs://, ...): the build then runs in a local staging directory and is
-    uploaded as it goes (spanbert_data/remote_build.py); `storage_options` reach the fsspec filesystem."""
+    uploaded as it goes (spanbert_data/output.py); `storage_options` reach the fsspec filesystem."""
     cfg.validate()
     started = time.perf_counter()
-    mirror = None
-    if is_url(cfg.out):
-        from spanbert_data.remote_build import Mirror
-
-        mirror = Mirror.open(cfg.out, cfg.work_dir, cfg.scheduler, storage_options, log)
+    output = open_output(cfg, storage_options, log)
     try:
-        out, root = (mirror.work if mirror else Path(cfg.out)), Path(cfg.corpus)
-        where = mirror.remote if mirror else out  # what messages name
-        previous = _claim_out_dir(out)
+        root = Path(cfg.corpus)
+        previous = output.claim()
         listing = CorpusStats()  # what the directory walk skipped (hidden files, loops, unreadable entries)
         files = list_corpus_files(root, listing, warn=lambda msg: log(f"warning: {msg}"))  # CorpusError if none
         sources = plan_sources(files, root, cfg.unit_bytes)
         plan = {"format": FORMAT_NAME, "options": cfg.options(), "sources": [s.to_json() for s in sources]}
-        if mirror is not None:  # the bucket is the truth; the staging directory follows it
-            previous = mirror.reconcile(previous, plan, _claim_out_dir)
+        previous = output.reconcile(previous, plan)  # a bucket is the truth; the staging directory follows it
         if previous is not None and (previous.get("options"), previous.get("sources")) != (plan["options"],
                                                                                            plan["sources"]):
             raise BuildError(
-                f"{where / BUILD_FILE}: this directory holds a build with other options or another corpus; "
+                f"{output / BUILD_FILE}: this directory holds a build with other options or another corpus; "
                 "use a new --out (or delete the directory to start over)"
             )
-        manifest = None
-        if previous is not None:
-            manifest = mirror.finished() if mirror else _read_json(out / MANIFEST)
+        manifest = output.finished() if previous is not None else None
         if manifest is not None:
-            log(f"{where}: build already complete ({manifest['blocks']} blocks); nothing to do")
-            if mirror is not None:
-                mirror.finish()
+            log(f"{output}: build already complete ({manifest['blocks']} blocks); nothing to do")
+            output.finish()
             return manifest
         with make_executor(cfg.workers, cfg.scheduler, log) as executor:
-            manifest = _build(cfg, out, root, files, sources, plan, previous, listing, executor, log, mirror)
-        if mirror is not None:
-            mirror.finish()
+            manifest = _build(cfg, output, root, files, sources, plan, previous, listing, executor, log)
+        output.finish()
     finally:
-        if mirror is not None:
-            mirror.close()
+        output.close()
     _summary(manifest, time.perf_counter() - started, log)
     return manifest
 
 
-def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: list[Source], plan: dict,
-           previous: dict | None, listing: CorpusStats, executor: Executor, log, mirror=None) -> dict:  # fmt: skip
+def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path], sources: list[Source], plan: dict,
+           previous: dict | None, listing: CorpusStats, executor: Executor, log) -> dict:  # fmt: skip
+    out = output.work
     tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
     plan["tokenizer_sha256"] = tokenizer.sha256
@@ -112,18 +84,16 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     # moment leaves a directory that the re-run recognises as its own (docs/RELIABILITY.md).
     atomic_write_json(out / BUILD_FILE, plan)
     tokenizer.save(out / TOKENIZER_FILE)
-    if mirror is not None:  # the same order in the bucket: build.json claims the prefix before anything else
-        mirror.put(BUILD_FILE)
-        mirror.put(TOKENIZER_FILE)
+    output.put(BUILD_FILE)  # the same order in a bucket: build.json claims the prefix before anything else
+    output.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, out, root, sources, executor, log, mirror)
+    markers = _pass1(cfg, output, root, sources, executor, log)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
     _count_split_files(sources, markers, corpus, log)
-    if corpus.documents == 0:
-        raise CorpusError(f"no readable text under {root}: {_skips(corpus)}; nothing to build")
+    require_documents(root, corpus)
     parts = [p for m in markers for p in m["parts"]]
     store = TokenStore(out, parts)
     is_valid = _held_out_blocks(store, markers, cfg)
@@ -138,7 +108,7 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
         special_ids=tokenizer.special_ids, id_dtype=tokenizer.id_dtype, masking=cfg.masking,
         seed=cfg.seed, max_seq_len=cfg.max_seq_len,
     )  # fmt: skip
-    shards = _pass2(cfg, ctx, executor, log, mirror)
+    shards = _pass2(cfg, ctx, output, executor, log)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -166,47 +136,11 @@ def _build(cfg: BuildConfig, out: Path, root: Path, files: list[Path], sources: 
     }
     # A worker killed between writing a temp file and renaming it (its task ran again elsewhere) leaves the temp
     # behind: a complete dataset holds only its own files.
-    _remove_stale_temps(out)
+    remove_stale_temps(out)
     atomic_write_json(out / MANIFEST, manifest)
-    if mirror is not None:  # strictly last: its presence in the bucket means "complete"
-        mirror.drain()
-        mirror.put(MANIFEST)
+    output.drain()
+    output.put(MANIFEST)  # strictly last: its presence (in a bucket too) means "complete"
     return manifest
-
-
-def _claim_out_dir(out: Path) -> dict | None:
-    """Create `out`, or accept it if it holds our earlier build; refuse a directory holding anything else."""
-    build_file = out / BUILD_FILE
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"{out}: exists and is not a directory; choose another --out")
-    if build_file.is_file():
-        try:
-            previous = json.loads(build_file.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if not isinstance(previous, dict) or previous.get("format") != FORMAT_NAME:
-            raise BuildError(f"{build_file}: not a spanbert build file; choose another --out")
-        _remove_stale_temps(out)
-        return previous
-    leftovers = list(out.iterdir()) if out.is_dir() else []
-    if any(not _is_claim_temp(p) for p in leftovers):
-        raise BuildError(f"{out}: directory is not empty and holds no spanbert build; choose an empty or new --out")
-    for path in leftovers:  # only the temp file of a build.json whose writer was killed
-        path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _is_claim_temp(path: Path) -> bool:
-    return path.name.startswith(f".{BUILD_FILE}.") and path.name.endswith(".tmp") and path.is_file()
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete the hidden temp files (`.NAME.*.tmp`, see shards.atomic_path) a killed run left in its folders."""
-    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
-        for tmp in folder.glob(".*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
 
 
 def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
@@ -222,57 +156,6 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: 
     if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
-
-
-def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
-                     log: Callable[[str], None] = _stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """Train the cased WordPiece vocabulary of a corpus (spanbert_data/vocab.py): the words of each sampled
-    unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed in
-    unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
-    lines, chars, words, the corpus reader's warnings)."""
-    started = time.perf_counter()
-    units = vocab_units(sources)
-    plan = sample_units(units, sample_bytes)
-    sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
-    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
-        f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
-    parts: dict[str, WordCounts] = {}
-    prefix = _task_prefix(root, "vocab")
-    _run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
-               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
-    ordered = [parts[u.key] for u, _ in plan]
-    counts = merge_counts(ordered)
-    tokenizer = train_from_counts(counts, vocab_size)
-    info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
-    info["words"] = len(counts)
-    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
-    log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
-        f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
-    return tokenizer, info
-
-
-def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int | None = None,
-                      scheduler: str | None = None, log: Callable[[str], None] = _stderr,
-                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them
-    (workers None: one per usable core), so the result is the tokenizer `build` would train with the same options."""
-    corpus = Path(corpus)
-    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
-    sources = plan_sources(files, corpus, unit_bytes)
-    with make_executor(workers, scheduler, log) as executor:
-        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
-
-
-def vocab_units(sources: list[Source]) -> list[Unit]:
-    """The units the vocabulary sample is drawn from: pass 1's units, except that a compressed file that only
-    one reader can decompress ("stream") is one unit of its own, read from its start by one task."""
-    units: list[Unit] = []
-    for source in sources:
-        if source.kind == "stream":
-            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
-        else:
-            units.extend(source.units())
-    return units
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -300,43 +183,22 @@ def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: st
     return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
 
 
-def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
-    if not root.exists():
-        raise BuildError(
-            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
-            "worker mounts at the same path (see README, Building on a cluster)"
-        )
-    prepare_task_process()
-    return count_unit_words(root, unit, char_budget)
-
-
 def _pass2_task(ctx: RowContext, plan) -> dict:
     _check_visible(ctx.out)
     prepare_task_process()
     return build_shard(ctx, plan)
 
 
-def _task_prefix(out: Path, phase: str) -> str:
-    """Dask keys must be unique on a shared cluster: the phase plus a hash of the output directory."""
-    return f"spanbert-{phase}-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:10]}"
-
-
-def _run_tasks(executor: Executor, fn, tasks: Iterator[tuple[str, tuple]], on_done) -> None:
-    try:
-        executor.run(fn, tasks, on_done)
-    except ExecutorError as e:
-        raise BuildError(str(e)) from None
-
-
-def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], executor: Executor, log,
-           mirror=None) -> list[dict]:  # fmt: skip
+def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Source], executor: Executor,
+           log) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
+    out = output.work
     base = root if root.is_dir() else root.parent
     markers: dict[str, dict] = {}
     order: list[str] = []
     estimate = sum(s.bytes * (COMPRESSION_RATIO if s.kind == "stream" else 1) for s in sources)
     progress = Progress("pass 1 (tokenize)", total=estimate, unit="B", log=log)
-    prefix = _task_prefix(out, "pass1")
+    prefix = task_prefix(out, "pass1")
     resumed = 0
 
     def tasks() -> Iterator[tuple[str, tuple]]:
@@ -348,11 +210,8 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
                 units = ((unit, None) for unit in source.units())
             for unit, piece in units:
                 order.append(unit.key)
-                marker = _read_json(out / unit.marker)
-                if mirror is not None:  # the bucket decides (store parts it has are fetched for pass 2)
-                    marker = mirror.resume_unit(unit, marker, lambda m, u=unit: unit_is_complete(out, u, m))
-                elif not unit_is_complete(out, unit, marker):
-                    marker = None
+                # (a bucket decides for a URL --out: store parts it has are fetched for pass 2)
+                marker = output.resume_unit(unit, lambda m, u=unit: unit_is_complete(out, u, m))
                 if marker is not None:
                     markers[unit.key] = marker
                     resumed += 1
@@ -365,15 +224,14 @@ def _pass1(cfg: BuildConfig, out: Path, root: Path, sources: list[Source], execu
     def done(key, args, marker) -> None:
         unit = args[2]
         markers[unit.key] = marker
-        if mirror is not None:
-            mirror.publish([p["path"] for p in marker["parts"]], unit.marker)
+        output.publish([p["path"] for p in marker["parts"]], unit.marker)
         for w in marker["warnings"]:
             log(f"warning: {w}")
         if unit.kind == "stream":
             (out / unit.work_file).unlink(missing_ok=True)
         progress.update(unit.bytes, tokens=marker["tokens"])
 
-    _run_tasks(executor, _pass1_task, tasks(), done)
+    run_tasks(executor, _pass1_task, tasks(), done)
     progress.close()
     if resumed:
         log(f"pass 1: {resumed} of {len(order)} units were already done")
@@ -397,62 +255,41 @@ def _count_split_files(sources: list[Source], markers: list[dict], corpus: Corpu
             corpus.skip("no_text")
 
 
-def _pass2(cfg: BuildConfig, ctx: RowContext, executor: Executor, log, mirror=None) -> list[dict]:
+def _pass2(cfg: BuildConfig, ctx: RowContext, output: BuildOutput, executor: Executor, log) -> list[dict]:
     plans = plan_shards(len(ctx.split_blocks["train"]), len(ctx.split_blocks["valid"]), cfg.mask_epochs,
                         cfg.rows_per_shard)  # fmt: skip
     results: dict[str, dict] = {}
     todo = []
     for plan in plans:
-        marker = _read_json(ctx.out / plan.marker)
-        path = ctx.out / plan.path
-        if mirror is not None:
-            marker = mirror.resume_shard(plan)  # in the bucket, or finished here and now uploaded
-        elif not (marker and path.is_file() and path.stat().st_size == marker.get("bytes")):
-            marker = None
+        marker = output.resume_shard(plan)  # (for a URL --out: in the bucket, or finished here and now uploaded)
         if marker is not None:
             results[plan.path] = marker
         else:
             todo.append(plan)
     progress = Progress("pass 2 (mask+pack)", total=sum(p.hi - p.lo for p in todo), unit="blocks", log=log)
     shared = executor.share(ctx) if todo else ctx
-    prefix = _task_prefix(ctx.out, "pass2")
+    prefix = task_prefix(ctx.out, "pass2")
 
     def done(key, args, marker):
         results[args[1].path] = marker
-        if mirror is not None:  # uploaded, then deleted here: the staging directory keeps only the token store
-            mirror.publish([args[1].path], args[1].marker, drop=True)
+        # (for a URL --out: uploaded, then deleted here: the staging directory keeps only the token store)
+        output.publish([args[1].path], args[1].marker, drop=True)
         progress.update(args[1].hi - args[1].lo, tokens=marker["tokens"])
 
-    _run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
+    run_tasks(executor, _pass2_task, ((f"{prefix}-{p.path}", (shared, p)) for p in todo), done)
     progress.close()
     return [results[p.path] for p in plans]
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # ----------------------------------------------------------------------------------------------- held-out
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic is the point: overflow is not an error)."""
-    with np.errstate(over="ignore"):
-        x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -> np.ndarray:
     """Boolean per global block: True for blocks of held-out documents, chosen by a hash of (seed, unit, doc)."""
     per_part = [(m["source"], m["sub"]) for m in markers for _ in m["parts"]]
-    salt = _mix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
+    salt = splitmix64(np.uint64(cfg.seed) ^ np.uint64(0x5EED))
     hashes = []
     for docs, (source, sub) in zip(store.docs, per_part, strict=True):
-        unit = _mix64(_mix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
-        hashes.append(_mix64(unit ^ docs.astype(np.uint64)))
+        unit = splitmix64(splitmix64(salt ^ np.uint64(source)) ^ np.uint64(sub))
+        hashes.append(splitmix64(unit ^ docs.astype(np.uint64)))
     h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     valid = u < cfg.valid_fraction
@@ -463,12 +300,6 @@ def _held_out_blocks(store: TokenStore, markers: list[dict], cfg: BuildConfig) -
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-def _skips(corpus: CorpusStats) -> str:
-    if not corpus.skipped:
-        return "nothing skipped"
-    return ", ".join(f"{k}: {v}" for k, v in sorted(corpus.skipped.items()))
-
-
 def _summary(manifest: dict, seconds: float, log) -> None:
     c = manifest["corpus"]
     train = [s for s in manifest["shards"]["train"] if s["epoch"] == 0]
@@ -477,8 +308,8 @@ def _summary(manifest: dict, seconds: float, log) -> None:
     tokens = sum(s["tokens"] for s in train)
     log(
         f"built in {seconds:.1f}s: {c['files']} files, {c['documents']} documents, {c['lines']} lines, "
-        f"{c['bytes'] / 1e6:.1f} MB ({c['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); skipped: "
-        f"{', '.join(f'{k} {v}' for k, v in sorted(c['skipped'].items())) or 'nothing'}; "
+        f"{c['bytes'] / 1e6:.1f} MB ({c['bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); "
+        f"{describe_skipped(CorpusStats.from_dict(c))}; "
         f"replaced characters: {c['replaced_chars']}"
     )
     log(

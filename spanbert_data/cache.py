@@ -1,9 +1,9 @@
 """A bounded local cache of verified dataset objects, shared by every process that uses the same directory.
 
-Remote shards are downloaded here, checked against the manifest's SHA-256 while they stream, and only then
-renamed to their final name, so a file under its final name is always a verified copy; the trainer then
-memory-maps it like a local shard. Objects are stored by content hash, so the ranks of a machine (and any
-runs or datasets sharing shards) download each object once.
+Shards of a dataset in object storage (a `Location` of a URL) are downloaded here, checked against the
+manifest's SHA-256 while they stream, and only then renamed to their final name, so a file under its final
+name is always a verified copy; the trainer then memory-maps it like a local shard. Objects are stored by
+content hash, so the ranks of a machine (and any runs or datasets sharing shards) download each object once.
 
     DIR/objects/<sha256>                       verified objects
     DIR/tmp/<sha256>.<size>.<host>.<pid>.<n>   downloads in flight; each reserves its full size
@@ -24,7 +24,6 @@ import itertools
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from spanbert_data.shards import DatasetError, sha256_file
+from spanbert_data.errors import DatasetError
+from spanbert_data.files import sha256_file
+from spanbert_data.location import Location
+from spanbert_data.progress import stderr
 
 GB = 10**9
 DOWNLOAD_THREADS = 4
@@ -49,16 +51,16 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class CacheItem:
-    """One object of a remote dataset: where it is (`remote`, `rel`) and what it must be (size, sha256)."""
+    """One object of a remote dataset: where it is (`location`, `rel`) and what it must be (size, sha256)."""
 
-    remote: object  # spanbert_data.remote.Remote
+    location: Location
     rel: str
     size: int
     sha256: str
 
     @property
     def name(self) -> str:
-        return self.remote / self.rel
+        return self.location / self.rel
 
 
 class CacheClosed(Exception):
@@ -81,7 +83,7 @@ class ShardCache:
         # process first uses it, as a local shard would be: the disk under the cache can damage bytes too.
         self.verify_cached = verify_cached
         self._verified: set[str] = set()
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = log or stderr
         for sub in ("objects", "tmp", "holds"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._host = socket.gethostname().replace(".", "_")
@@ -183,7 +185,7 @@ class ShardCache:
                          f"{self.usage() / GB:.2f} GB held by running processes)")  # fmt: skip
             self._closed.wait(0.1)
         try:
-            item.remote.download(item.rel, tmp, item.size, item.sha256, stop=self._closed)
+            item.location.download(item.rel, tmp, item.size, item.sha256, stop=self._closed)
             with self._locked():  # a reader of the bookkeeping under the lock sees it as a reservation or an object
                 os.replace(tmp, final)
             self.downloaded += 1

@@ -1,7 +1,9 @@
-"""`spanbert-data`: build, vocab, verify, inspect. Argument parsing only; the work is in library modules."""
+"""`spanbert-data`: build, vocab, verify, inspect. Argument parsing only; the work is in library modules, and every
+option of a config field takes its default and help from that field (spanbert_data/config.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -10,11 +12,16 @@ from pathlib import Path
 
 import click
 
-from spanbert_data.corpus import CorpusError
-from spanbert_data.shards import DatasetError
-from spanbert_data.tokenizer import TokenizerError
+from spanbert_data.build import build_dataset
+from spanbert_data.config import ENCODERS, REPLACEMENTS, SCHEMES, BuildConfig, MaskingConfig, MiB, field_docs
+from spanbert_data.errors import BuildError, CorpusError, DatasetError, TokenizerError
+from spanbert_data.inspect import dataset_stats, show_examples
+from spanbert_data.location import Location, is_url
+from spanbert_data.remote import parse_storage_options
+from spanbert_data.shards import load_manifest, manifest_files, verify_dataset
+from spanbert_data.vocab import corpus_vocabulary
 
-USER_ERRORS = (CorpusError, DatasetError, TokenizerError)
+USER_ERRORS = (CorpusError, DatasetError, TokenizerError, BuildError)
 
 
 def user_errors(fn):
@@ -22,11 +29,9 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from spanbert_data.build import BuildError
-
         try:
             return fn(*args, **kwargs)
-        except (*USER_ERRORS, BuildError) as e:
+        except USER_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
@@ -37,8 +42,6 @@ def user_errors(fn):
 
 
 def _storage_options(ctx, param, value):
-    from spanbert_data.remote import parse_storage_options
-
     try:
         return parse_storage_options(value)
     except ValueError as e:
@@ -58,61 +61,69 @@ def main():
     """Turn a text corpus into SpanBERT training shards (span-masked, packed, Arrow)."""
 
 
+# BuildConfig's fields by name, MaskingConfig's as "masking.NAME": (default, doc)
+FIELDS = {
+    prefix + f.name: (f.default, docs[f.name])
+    for cls, prefix in ((BuildConfig, ""), (MaskingConfig, "masking."))
+    for docs in [field_docs(cls)]
+    for f in dataclasses.fields(cls)
+}
+
+
+def config_option(*decls, field: str, scale: int = 1, **kwargs):
+    """An option whose default and help are those of its config field (`scale`: the field's units per option unit,
+    e.g. MiB for an option in MB of a field in bytes)."""
+    default, doc = FIELDS[field]
+    if kwargs.get("required") or default is None:
+        return click.option(*decls, help=doc, **kwargs)
+    return click.option(*decls, default=default / scale if scale != 1 else default, show_default=True, help=doc,
+                        **kwargs)  # fmt: skip
+
+
+CORPUS = config_option("--corpus", field="corpus", type=click.Path(path_type=Path), required=True)
+VOCAB_SIZE = config_option("--vocab-size", field="vocab_size")
+VOCAB_SAMPLE_MB = config_option("--vocab-sample-mb", field="vocab_sample_bytes", scale=MiB)
+UNIT_MB = config_option("--unit-mb", field="unit_bytes", scale=MiB)
+WORKERS = config_option("--workers", field="workers", type=int)
+SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
+
+
 @main.command()
-@click.option("--corpus", type=click.Path(path_type=Path), required=True,
-              help="Corpus file or directory: plain text, WikiExtractor, JSONL or MediaWiki XML; .gz/.bz2/.xz/.zst.")
-@click.option("--out", required=True,
-              help="Dataset directory to write or resume, or a URL: s3://BUCKET/PREFIX, gs://…, any fsspec URL.")
-@click.option("--tokenizer", type=click.Path(path_type=Path),
-              help="HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus).")
-@click.option("--vocab-size", default=28996, show_default=True, help="Vocabulary size when training one.")
-@click.option("--vocab-sample-mb", default=1024.0, show_default=True,
-              help="Train the vocabulary on about this much of the input (units chosen by hash); 0 = all of it.")
-@click.option("--workers", type=int, help="Worker processes [default: one per usable core, as CPU affinity and "
-              "cgroup quota allow] (output bytes never depend on it).")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Run on Dask: tcp://HOST:8786 (an existing cluster sharing the output filesystem) or 'local' "
-                   "(a LocalCluster of --workers processes). Needs spanbert[dask].")
-@click.option("--encoder", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
-              help="Token ids from the compiled WordPiece encoder (fast; auto = where it applies) or from HF "
-                   "tokenizers (hf); the ids, so the output bytes, never depend on it.")
-@click.option("--max-seq-len", default=512, show_default=True, help="Slots per training row.")
-@click.option("--seed", default=12345, show_default=True, help="Seed of the masks and of the held-out split.")
-@click.option("--mask-epochs", default=1, show_default=True, help="Different maskings of every block to write.")
-@click.option("--valid-fraction", default=0.01, show_default=True, help="Fraction of documents held out.")
-@click.option("--rows-per-shard", default=65536, show_default=True, help="At most this many rows per shard.")
-@click.option("--unit-mb", default=64.0, show_default=True, help="Input is processed in units of about this size.")
-@click.option("--scheme", type=click.Choice(["span", "subword", "whole-word"]), default="span", show_default=True,
-              help="Masking scheme: SpanBERT's geometric spans, or the paper's baselines.")
-@click.option("--mask-ratio", default=0.15, show_default=True, help="Fraction of content tokens masked per block.")
-@click.option("--geometric-p", default=0.2, show_default=True, help="p of the clipped geometric span length.")
-@click.option("--max-span-words", default=10, show_default=True, help="Longest span, in words.")
-@click.option("--replacement", type=click.Choice(["unigram", "uniform"]), default="unigram", show_default=True,
-              help="Distribution of the 10% random replacements.")
-@click.option("--work-dir", type=click.Path(path_type=Path),
-              help="With a URL --out: the local staging directory (default: under ~/.cache/spanbert, by URL).")
+@CORPUS
+@config_option("--out", field="out", required=True)
+@config_option("--tokenizer", field="tokenizer", type=click.Path(path_type=Path))
+@VOCAB_SIZE
+@VOCAB_SAMPLE_MB
+@WORKERS
+@SCHEDULER
+@config_option("--encoder", field="encoder", type=click.Choice(ENCODERS))
+@config_option("--max-seq-len", field="max_seq_len")
+@config_option("--seed", field="seed")
+@config_option("--mask-epochs", field="mask_epochs")
+@config_option("--valid-fraction", field="valid_fraction")
+@config_option("--rows-per-shard", field="rows_per_shard")
+@UNIT_MB
+@config_option("--scheme", field="masking.scheme", type=click.Choice(SCHEMES))
+@config_option("--mask-ratio", field="masking.mask_ratio")
+@config_option("--geometric-p", field="masking.geometric_p")
+@config_option("--max-span-words", field="masking.max_span_words")
+@config_option("--replacement", field="masking.replacement", type=click.Choice(REPLACEMENTS))
+@config_option("--work-dir", field="work_dir", type=click.Path(path_type=Path))
 @STORAGE_OPTIONS
 @user_errors
 def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
           mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
           replacement, work_dir, storage_options):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
-    from spanbert_data.build import build_dataset
-    from spanbert_data.config import BuildConfig
-    from spanbert_data.masking import MaskingConfig
-
-    masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
-                            max_span_words=max_span_words, replacement=replacement)  # fmt: skip
-    from spanbert_data.shards import is_url
-
     out = out if is_url(out) else Path(out)
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
-                      vocab_sample_bytes=int(vocab_sample_mb * (1 << 20)), workers=workers, scheduler=scheduler,
-                      encoder=encoder,
-                      max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs, valid_fraction=valid_fraction,
-                      rows_per_shard=rows_per_shard, unit_bytes=int(unit_mb * (1 << 20)),
-                      masking=masking)  # fmt: skip
-    try:
+    try:  # MaskingConfig checks its fields as it is made
+        masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
+                                max_span_words=max_span_words, replacement=replacement)  # fmt: skip
+        cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
+                          vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers, scheduler=scheduler,
+                          encoder=encoder, max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs,
+                          valid_fraction=valid_fraction, rows_per_shard=rows_per_shard,
+                          unit_bytes=int(unit_mb * MiB), masking=masking)  # fmt: skip
         cfg.validate()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -121,24 +132,20 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 
 
 @main.command()
-@click.option("--corpus", type=click.Path(path_type=Path), required=True, help="Corpus file or directory.")
-@click.option("--vocab-size", default=28996, show_default=True, help="Number of WordPiece entries.")
+@CORPUS
+@VOCAB_SIZE
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="tokenizer.json to write.")
-@click.option("--vocab-sample-mb", default=1024.0, show_default=True,
-              help="Train on about this much of the input (units chosen by hash); 0 = all of it.")
-@click.option("--unit-mb", default=64.0, show_default=True, help="Input is counted in units of about this size.")
-@click.option("--workers", type=int, help="Worker processes [default: one per usable core] (the result never "
-              "depends on it).")
-@click.option("--scheduler", metavar="ADDRESS", help="Count on Dask: tcp://HOST:8786 or 'local' (as for build).")
+@VOCAB_SAMPLE_MB
+@UNIT_MB
+@WORKERS
+@SCHEDULER
 @user_errors
 def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
     """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
-    from spanbert_data.build import corpus_vocabulary
-
     if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or (workers is not None and workers < 1):
         raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
-    tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * (1 << 20)), int(unit_mb * (1 << 20)),
-                                  workers, scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
+    tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * MiB), int(unit_mb * MiB), workers,
+                                  scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if info["documents"] == 0:
@@ -155,9 +162,7 @@ def verify(dataset, storage_options):
     """Re-hash every file of a dataset (a directory or a URL) against its manifest; exit 1 naming each bad one.
 
     Objects in a bucket are streamed through the hash, nothing is written to disk."""
-    from spanbert_data.shards import load_manifest, location, manifest_files, verify_dataset
-
-    dataset = location(dataset, storage_options)
+    dataset = Location.of(dataset, storage_options)
     problems = verify_dataset(dataset)
     for p in problems:
         click.echo(f"bad: {p}", err=True)
@@ -178,10 +183,7 @@ def verify(dataset, storage_options):
 @user_errors
 def inspect(dataset, as_json, examples, split, cache_dir, storage_options):
     """Counts, length and span histograms, and decoded examples with the masked spans marked (a directory or a URL)."""
-    from spanbert_data.inspect import dataset_stats, show_examples
-    from spanbert_data.shards import location
-
-    dataset = location(dataset, storage_options)
+    dataset = Location.of(dataset, storage_options)
     if cache_dir is not None:
         os.environ["SPANBERT_CACHE"] = str(cache_dir)
     stats = dataset_stats(dataset, split=split)

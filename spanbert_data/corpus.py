@@ -31,13 +31,14 @@ import io
 import json
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from xml.etree.ElementTree import ParseError
 
+from spanbert_data.errors import CorpusError
+from spanbert_data.progress import stderr
 from spanbert_data.streams import (
     ATTRIBUTE,
     CHUNK,
@@ -62,7 +63,7 @@ FILE_REASONS = ("binary", "empty", "unreadable", "symlink_loop", "hidden", "trun
 
 def print_to_stderr(message: str) -> None:
     """The default warning sink: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    stderr(f"warning: {message}")
 
 
 @dataclass
@@ -111,20 +112,18 @@ class CorpusStats:
                 "skipped": dict(sorted(self.skipped.items())), "replaced_chars": self.replaced_chars}
 
 
-class CorpusError(Exception):
-    """A user-facing, one-line error about the corpus as a whole (missing, or nothing readable in it)."""
-
-
 def describe_skipped(stats: CorpusStats) -> str:
-    """'3 files skipped (binary: 2, empty: 1)', plus the item-level reasons if any."""
+    """What reading skipped, for messages and the build's summary: '3 files skipped (binary: 2, empty: 1)', then
+    the item-level reasons ('skipped redirect: 4'), or 'nothing skipped'."""
     per_file = {r: n for r, n in sorted(stats.skipped.items()) if r in FILE_REASONS}
     items = {r: n for r, n in sorted(stats.skipped.items()) if r not in FILE_REASONS}
-    text = f"{sum(per_file.values())} files skipped"
+    parts = []
     if per_file:
-        text += " (" + ", ".join(f"{r}: {n}" for r, n in per_file.items()) + ")"
+        parts.append(f"{sum(per_file.values())} files skipped (" + ", ".join(f"{r}: {n}" for r, n in per_file.items())
+                     + ")")  # fmt: skip
     if items:
-        text += "; also skipped " + ", ".join(f"{r}: {n}" for r, n in items.items())
-    return text
+        parts.append("skipped " + ", ".join(f"{r}: {n}" for r, n in items.items()))
+    return "; also ".join(parts) or "nothing skipped"
 
 
 def require_documents(root: str | Path, stats: CorpusStats) -> None:

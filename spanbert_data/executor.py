@@ -13,6 +13,7 @@ atomically and a completion marker last, so a task that runs twice (a retry, a r
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
 import threading
@@ -20,16 +21,15 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
+from spanbert_data import tokenizer
 from spanbert_data.cores import usable_cores
+from spanbert_data.errors import BuildError, ExecutorError
 
 Task = tuple[str, tuple]  # (stable key, arguments)
 OnDone = Callable[[str, tuple, Any], None]
-
-
-class ExecutorError(Exception):
-    """The executor itself failed (a worker process died, the cluster is unreachable): one line for the user."""
 
 
 class Executor:
@@ -91,8 +91,6 @@ def prepare_task_process() -> None:
     _DASK_WORKER_READY = True
     if not _on_dask_worker():
         return
-    from spanbert_data import tokenizer
-
     if "RAYON_NUM_THREADS" not in os.environ and not tokenizer._pool_started:
         tokenizer.set_tokenizer_threads(1)
     if "MALLOC_TRIM_THRESHOLD_" in os.environ and sys.platform.startswith("linux"):
@@ -120,9 +118,7 @@ class InlineExecutor(Executor):
 
 
 def _init_pool_worker(threads: int, driver: int) -> None:
-    from spanbert_data.tokenizer import set_tokenizer_threads
-
-    set_tokenizer_threads(threads)
+    tokenizer.set_tokenizer_threads(threads)
     threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True, name="spanbert-driver-watch").start()
 
 
@@ -285,3 +281,16 @@ def make_executor(workers: int | None, scheduler: str | None, log: Callable[[str
     if n > 1:
         return PoolExecutor(n)
     return InlineExecutor()
+
+
+def task_prefix(path: Path, phase: str) -> str:
+    """Dask keys must be unique on a shared cluster: the phase plus a hash of the directory the tasks work on."""
+    return f"spanbert-{phase}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]}"
+
+
+def run_tasks(executor: Executor, fn: Callable, tasks: Iterable[Task], on_done: OnDone) -> None:
+    """`executor.run`, with a failure of the executor itself (a dead worker, a lost cluster) as a BuildError."""
+    try:
+        executor.run(fn, tasks, on_done)
+    except ExecutorError as e:
+        raise BuildError(str(e)) from None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from spanbert_data.cache import CacheItem, ShardCache, choose_limit, default_cache_dir
+from spanbert_data.errors import DatasetError
+from spanbert_data.location import Location
 from spanbert_data.packing import record_batch_columns, rows_lower_bound
-from spanbert_data.shards import DatasetError, load_manifest, location, read_arrow_file, resolve_inside
+from spanbert_data.shards import load_manifest, read_arrow_file
 from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
 
 KIND_NAMES = ("mask", "random", "keep")
@@ -30,10 +35,8 @@ class _Reader:
     (spanbert_data/cache.py, SHA-256 checked), its tokenizer read into memory and checked against the manifest."""
 
     def __init__(self, root, manifest: dict, shards: list[dict]):
-        self.root, self.manifest, self.cache = location(root), manifest, None
-        if not isinstance(self.root, Path):
-            from spanbert_data.cache import ShardCache, choose_limit, default_cache_dir
-
+        self.root, self.manifest, self.cache = Location.of(root), manifest, None
+        if self.root.local is None:  # local shards are memory-mapped where they are
             self.cache = ShardCache(default_cache_dir(), limit=0)
             sizes = [int(s["bytes"]) for s in shards]
             self.cache.limit = choose_limit(self.cache.dir, self.cache.usage(), max(sizes, default=0), sum(sizes),
@@ -41,11 +44,8 @@ class _Reader:
 
     def tokenizer(self) -> WordPieceTokenizer:
         entry = self.manifest["tokenizer"]
-        if self.cache is None:
-            return load_tokenizer(self.root / entry["file"])
-        import hashlib
-        import tempfile
-
+        if self.root.local is not None:
+            return load_tokenizer(self.root.local / entry["file"])
         data = self.root.read_bytes(entry["file"])
         if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise DatasetError(f"{self.root / entry['file']}: missing or not the tokenizer the manifest names; "
@@ -56,10 +56,8 @@ class _Reader:
 
     def columns(self, entry: dict, then: dict | None = None) -> dict:
         """The columns of shard `entry`; a remote reader starts downloading the next one (`then`) meanwhile."""
-        if self.cache is None:
-            return record_batch_columns(read_arrow_file(resolve_inside(self.root, entry["path"])))
-        from spanbert_data.cache import CacheItem
-
+        if self.root.local is not None:
+            return record_batch_columns(read_arrow_file(self.root.local_path(entry["path"])))
         item = CacheItem(self.root, entry["path"], int(entry["bytes"]), entry["sha256"])
         path = self.cache.fetch(item).result()
         if then is not None:

@@ -22,80 +22,18 @@ in ``tests/naive_masking.py`` follows draw for draw:
    or keep; each position of a ``random`` unit then draws its token by inverse cdf over the vocab.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
+from spanbert_data.config import REPLACEMENTS, MaskingConfig
 from spanbert_data.rng import next_uniform, stream_key
 
-SCHEMES = ("span", "subword", "whole-word")
-REPLACEMENTS = ("unigram", "uniform")
 KIND_MASK, KIND_RANDOM, KIND_KEEP, KIND_MIXED = 0, 1, 2, 3
-MAX_SBO_OFFSETS = 15  # SPEC §3: p[k] for k = 0..14; the shard column sbo_offsets and the model's table hold no more
 _SCHEME_CODE = {"span": 0, "subword": 1, "whole-word": 2}
 # ceil(ratio * n) must be the arithmetic ceiling: in float64, 0.15 * 100 = 15.000000000000002.
 _BUDGET_TOL = 1e-9
-
-
-@dataclass(frozen=True)
-class MaskingConfig:
-    """How blocks are masked; the defaults are SpanBERT's (SPEC §2, §3)."""
-
-    scheme: str = "span"  # "span" | "subword" | "whole-word" (the paper's ablation baselines)
-    mask_ratio: float = 0.15  # budget: exactly ceil(mask_ratio * n) tokens per block
-    geometric_p: float = 0.2  # span length in words ~ Geometric(p) clipped to 1..max_span_words
-    max_span_words: int = 10  # longest span, in whole words
-    max_sbo_offset: int = 15  # SBO targets only for the first 15 tokens of a merged span (k = 0..14)
-    mask_token_prob: float = 0.8  # a decision unit becomes all-[MASK] ...
-    random_token_prob: float = 0.1  # ... or all random tokens; the rest is kept unchanged
-    replacement: str = "unigram"  # random tokens from the corpus unigram counts, or uniform over the vocab
-
-    def __post_init__(self) -> None:
-        self.validate()  # refuse a bad value where it is set, not in pass 2 of a build
-
-    def validate(self) -> None:
-        """Raise ValueError naming the offending field and the rule it breaks."""
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"masking.scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if self.replacement not in REPLACEMENTS:
-            raise ValueError(f"masking.replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"masking.mask_ratio must be in (0, 1], got {self.mask_ratio}")
-        if not 0.0 < self.geometric_p <= 1.0:
-            raise ValueError(f"masking.geometric_p must be in (0, 1], got {self.geometric_p}")
-        if not isinstance(self.max_span_words, int) or self.max_span_words < 1:
-            raise ValueError(f"masking.max_span_words must be an integer >= 1, got {self.max_span_words!r}")
-        if not isinstance(self.max_sbo_offset, int) or not 0 <= self.max_sbo_offset <= MAX_SBO_OFFSETS:
-            # The shard format and the SBO head's position table hold k in 0..14 (SPEC §3, docs/FORMAT.md);
-            # 0 disables SBO targets.
-            raise ValueError(
-                f"masking.max_sbo_offset must be an integer in 0..{MAX_SBO_OFFSETS} (SBO targets only for the first "
-                f"{MAX_SBO_OFFSETS} tokens of a span, SPEC §3), got {self.max_sbo_offset!r}"
-            )
-        for name in ("mask_token_prob", "random_token_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"masking.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.mask_token_prob + self.random_token_prob > 1.0 + 1e-12:
-            raise ValueError(
-                "masking.mask_token_prob + masking.random_token_prob must be <= 1 (the rest is kept unchanged), "
-                f"got {self.mask_token_prob} + {self.random_token_prob}"
-            )
-
-    def to_dict(self) -> dict:
-        """Plain dict of every field (for manifests and logs)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MaskingConfig":
-        """Inverse of to_dict; unknown keys are an error (a typo must not silently use a default)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown masking option(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
 
 
 @dataclass
@@ -160,11 +98,6 @@ def replacement_cdf(unigram_counts: np.ndarray, is_special: np.ndarray, mode: st
     if not weights.any():
         raise ValueError(f"no non-special token has a positive {mode} weight: random replacement is impossible")
     return _cdf(weights)
-
-
-def word_start_table(vocab: list[str]) -> np.ndarray:
-    """bool[len(vocab)]: True unless the token's string starts with the WordPiece continuation "##" (SPEC §2)."""
-    return np.array([not t.startswith("##") for t in vocab], dtype=np.bool_)
 
 
 def block_budgets(lengths: np.ndarray, mask_ratio: float) -> np.ndarray:
@@ -380,7 +313,7 @@ def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, e
         raise ValueError("block_keys must be non-negative global block indices")
     vocab = word_start.size
     if word_start.ndim != 1 or word_start.dtype != np.bool_ or vocab == 0:
-        raise ValueError("word_start must be a 1-D bool array over the vocab (see word_start_table)")
+        raise ValueError("word_start must be a 1-D bool array over the vocab (tokenizer.word_start_table)")
     if cdf.shape != (vocab,) or cdf.dtype != np.float64:
         raise ValueError(f"cdf must be float64[{vocab}] (see replacement_cdf), got {cdf.dtype} shape {cdf.shape}")
     if cdf[-1] != 1.0 or not cdf[0] >= 0.0 or not np.all(np.diff(cdf) >= 0):  # `not >=` also rejects NaN

@@ -1,10 +1,16 @@
-"""Progress on stderr: a tqdm bar on a terminal, plain periodic log lines otherwise (logs, CI, nohup)."""
+"""Progress on stderr: a tqdm bar on a terminal, plain periodic log lines otherwise (logs, CI, nohup); `stderr`,
+the default sink of every log line."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+
+
+def stderr(msg: str) -> None:
+    """Print one log line on stderr, at once (the default `log` of the build, the storage and the cache)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 class Progress:

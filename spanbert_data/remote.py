@@ -1,10 +1,10 @@
-"""Datasets in object storage: `s3://`, `gs://` or any other fsspec URL (docs/FORMAT.md, "Object storage").
+"""Object storage behind a Location: `s3://`, `gs://` or any other fsspec URL (docs/FORMAT.md, "Object storage").
 
-This module is imported only when a URL is given; local paths never go through fsspec. A `Remote` is a
-dataset "directory" in a bucket: object names are the manifest's relative paths under the URL's prefix.
-Credentials and endpoints come from where the storage's own SDK looks (AWS_* variables, ~/.aws, instance
-roles, `AWS_ENDPOINT_URL` for S3-compatible stores; GOOGLE_APPLICATION_CREDENTIALS or gcloud's default
-login for GCS), and `--storage-options JSON` passes anything else to the fsspec filesystem.
+A `Remote` is a dataset "directory" in a bucket: object names are the manifest's relative paths under the URL's
+prefix. Only `spanbert_data.location` makes one (for a URL); local paths never go through fsspec, which is
+imported only then. Credentials and endpoints come from where the storage's own SDK looks (AWS_* variables,
+~/.aws, instance roles, `AWS_ENDPOINT_URL` for S3-compatible stores; GOOGLE_APPLICATION_CREDENTIALS or gcloud's
+default login for GCS), and `--storage-options JSON` passes anything else to the fsspec filesystem.
 
 Object stores have no rename, but a PUT is atomic: an object is either absent or complete. Every operation
 here is retried with exponential backoff on network errors (inside each attempt the SDK may retry on its
@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from spanbert_data.shards import MANIFEST, DatasetError
+from spanbert_data.errors import DatasetError, RemoteError
+from spanbert_data.files import json_object
+from spanbert_data.layout import MANIFEST
+from spanbert_data.progress import stderr
 
 RETRIES = 6  # attempts per operation: waits of 0.5, 1, 2, 4 and 8 s between them (15.5 s in all)
 BACKOFF = 0.5
@@ -31,14 +34,6 @@ CHUNK = 8 << 20  # bytes per read when streaming an object (one ranged GET each 
 
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> pip extra of spanbert
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InterruptedError)
-
-
-class RemoteError(DatasetError):
-    """An object store operation failed for good (one line naming the URL)."""
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_storage_options(text: str | None) -> dict:
@@ -67,7 +62,7 @@ def _permanent(e: BaseException) -> bool:
 class Remote:
     """A dataset prefix in object storage, e.g. s3://bucket/data/wiki (see the module docstring)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None, log: Callable[[str], None] = _stderr,
+    def __init__(self, url: str, storage_options: dict | None = None, log: Callable[[str], None] = stderr,
                  retries: int = RETRIES, backoff: float = BACKOFF):  # fmt: skip
         try:
             import fsspec.core
@@ -96,7 +91,7 @@ class Remote:
         return f"{self.url}/{rel}"
 
     def path(self, rel: str) -> str:
-        """The filesystem path of object `rel`, refusing names that leave the prefix (as shards.resolve_inside)."""
+        """The filesystem path of object `rel`, refusing names that leave the prefix (as location.resolve_inside)."""
         parts = rel.split("/") if isinstance(rel, str) else []
         if ".." in parts:
             raise DatasetError(f"{self / MANIFEST}: shard path {rel!r} leaves the dataset directory; refusing it")
@@ -169,14 +164,32 @@ class Remote:
         return self._call(cat, self / rel)
 
     def read_json(self, rel: str) -> dict | None:
-        """Object `rel` parsed as a JSON object; None when missing or not a JSON object (a marker is never trusted
-        unless it parses)."""
-        data = self.read_bytes(rel)
-        try:
-            value = json.loads(data) if data is not None else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        return value if isinstance(value, dict) else None
+        """Object `rel` parsed as a JSON object; None when missing or not a JSON object."""
+        return json_object(self.read_bytes(rel))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """The names of every object under `prefix` (relative to the dataset's prefix), sorted."""
+        top = self.path(prefix) if prefix else self.root
+
+        def find():
+            self.fs.invalidate_cache()  # a listing cached earlier may miss objects written since
+            try:
+                return self.fs.find(top)
+            except FileNotFoundError:
+                return []
+
+        found = self._call(find, self / prefix if prefix else self.url)
+        return sorted(posixpath.relpath(p, self.root) for p in found)
+
+    def open(self, rel: str) -> BinaryIO:
+        """Object `rel` for reading (ranged GETs as it is read); a missing object raises RemoteError naming it."""
+        path = self.path(rel)
+        return self._call(lambda: self.fs.open(path, "rb", block_size=CHUNK, cache_type="none"), self / rel, "missing")
+
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes start..end-1 of object `rel` (one ranged GET); a missing object raises RemoteError naming it."""
+        path = self.path(rel)
+        return self._call(lambda: self.fs.cat_file(path, start=start, end=end), self / rel, "missing")
 
     def is_empty(self) -> bool:
         """True when nothing exists under the prefix (a new dataset may be written there)."""
@@ -253,7 +266,7 @@ class Remote:
         return self.stream(rel, size, out.write, stop)
 
     # ------------------------------------------------------------------------------------------ writing
-    def put_file(self, local: Path, rel: str) -> None:
+    def put_file(self, rel: str, local: Path) -> None:
         """Upload a local file as object `rel` (one atomic PUT, or a multipart upload that appears only when
         complete), then check that the object has the file's size."""
         size = local.stat().st_size
@@ -269,11 +282,15 @@ class Remote:
         self._call(put, self / rel)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
+        """Write `data` as object `rel` (one atomic PUT), then check that the object has its size."""
         path = self.path(rel)
 
         def pipe():
             self.fs.pipe_file(path, data)
             self.fs.invalidate_cache(path)
+            got = int(self.fs.info(path)["size"])
+            if got != len(data):
+                raise OSError(f"uploaded object has {got} bytes, the data {len(data)}")
 
         self._call(pipe, self / rel)
 

@@ -7,6 +7,9 @@ numbers: it cannot depend on batch composition, worker count, shards or ranks.
 
 All arithmetic is on uint64 and wraps modulo 2**64, exactly as the pure-Python twin in
 ``tests/naive_masking.py`` does with ``& (2**64 - 1)``.
+
+This is the project's one SplitMix64: `mix64` also hashes whole uint64 arrays (the vocabulary sample's unit
+order, vocab.py), and `splitmix64` draws the held-out documents (build.py).
 """
 
 import numpy as np
@@ -30,7 +33,8 @@ _INV_2_53 = 1.0 / 9007199254740992.0
 
 @njit(cache=True)
 def mix64(z):
-    """SplitMix64 finaliser: a bijection of uint64 with full avalanche."""
+    """SplitMix64 finaliser: a bijection of uint64 with full avalanche (a uint64 scalar, or elementwise on a uint64
+    array)."""
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
@@ -51,3 +55,10 @@ def next_uniform(state):
     state = np.uint64(state) + GAMMA
     # via int64: the 53-bit value fits, and signed int -> float is one instruction on x86-64 (unsigned is not)
     return state, float(np.int64(mix64(state) >> _S11)) * _INV_2_53
+
+
+def splitmix64(x) -> np.ndarray:
+    """One SplitMix64 output per uint64 state in `x` (a scalar or an array): `mix64(x + GAMMA)`, wrapping."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping is the point: overflow is not an error
+        return mix64(x.reshape(-1) + GAMMA).reshape(x.shape)

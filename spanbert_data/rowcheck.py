@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-MAX_SBO_OFFSET = 14  # SPEC §3: only the first 15 tokens of a span get SBO targets
+from spanbert_data.config import SBO_OFFSETS
 
 # Problem codes of the kernel; _describe turns them into words.
 (ID_RANGE, EXAMPLE_SHORT, ROW_OVERFULL, MLM_ORDER, MLM_SLOT, MLM_LABEL,
@@ -78,7 +78,7 @@ def _any_bad(ids, vocab, ex_off, ex_len, mlm_off, mlm_pos, mlm_lab, sbo_off, sbo
     rows, slots = ids.shape
     if _outside(ids.ravel(), vocab) or _outside(mlm_lab, vocab) or _outside(sbo_lab, vocab):
         return True
-    if sbo_k.shape[0] and sbo_k.max() > MAX_SBO_OFFSET:
+    if sbo_k.shape[0] and sbo_k.max() >= SBO_OFFSETS:
         return True
     if _not_ascending_within_rows(mlm_off, mlm_pos, rows) or _not_ascending_within_rows(sbo_off, sbo_pos, rows):
         return True
@@ -192,7 +192,7 @@ def _scan(ids, vocab, ex_off, ex_len, mlm_off, mlm_pos, mlm_lab, sbo_off, sbo_po
             left, right = np.int64(sbo_left[i]), np.int64(sbo_right[i])
             if not (start < left < p < right < start + ex_len[j] - 1):
                 return _put(found, r, SBO_BOUNDARY, i - sbo_off[r], p, left, right)
-            if sbo_k[i] > MAX_SBO_OFFSET:
+            if sbo_k[i] >= SBO_OFFSETS:
                 return _put(found, r, SBO_OFFSET, i - sbo_off[r], sbo_k[i], 0, 0)
             if sbo_lab[i] < 0 or sbo_lab[i] >= vocab:
                 return _put(found, r, SBO_LABEL, i - sbo_off[r], sbo_lab[i], 0, 0)
@@ -211,7 +211,7 @@ def _describe(code: int, item: int, a: int, b: int, c: int, vocab: int) -> str:
         SBO_ORDER: f"SBO target {item} at slot {a} does not come after the previous one (slot {b})",
         SBO_SLOT: f"SBO target {item} at slot {a} is not on a content token of an example",
         SBO_BOUNDARY: f"SBO target {item} at slot {a} has boundaries at slots {b} and {c}, not inside its example",
-        SBO_OFFSET: f"SBO target {item} has span offset {a} (at most {MAX_SBO_OFFSET}, SPEC §3)",
+        SBO_OFFSET: f"SBO target {item} has span offset {a} (at most {SBO_OFFSETS - 1}, SPEC §3)",
         SBO_LABEL: f"sbo_labels[{item}] holds id {a}, {out_of_vocab}",
     }[code]
 

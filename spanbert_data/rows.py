@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spanbert_data.files import atomic_write_json
 from spanbert_data.masking import MaskingConfig, mask_blocks
 from spanbert_data.packing import assemble_rows, pack_examples, rows_to_record_batch
-from spanbert_data.shards import atomic_write_json, read_arrow_file, write_arrow_file
+from spanbert_data.shards import read_arrow_file, write_arrow_file
 
 
 @dataclass(frozen=True)

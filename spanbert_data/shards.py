@@ -1,121 +1,19 @@
-"""Files on disk: atomic writes, Arrow IPC files, hashes and the dataset manifest (docs/FORMAT.md).
-
-Everything the builder writes goes through `atomic_path`: the bytes land in a temporary file in the
-target's directory and are renamed into place only once complete, so a reader (or a re-run after a
-crash) never sees a partial file under its final name.
-"""
+"""A dataset's Arrow IPC files and its manifest: writing and memory-mapping shards, loading and verifying
+`manifest.json` (docs/FORMAT.md). Files are written atomically (files.atomic_path)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import re
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
-FORMAT_NAME = "spanbert-dataset"
-FORMAT_VERSION = 2  # 2: input units are (source, sub) pairs (store/unit-SSSSS-JJJJJ.json); the shards are as in 1
-READABLE_VERSIONS = (1, 2)  # what the trainer and `verify` read: the manifest fields and shards they use are unchanged
-MANIFEST = "manifest.json"
-
-
-_UMASK = os.umask(0o022)  # read the process umask (only possible by setting it) ...
-os.umask(_UMASK)  # ... and put it back at once
-
-
-class DatasetError(Exception):
-    """A dataset directory or one of its files is missing, corrupt or of another format (user-facing, one line)."""
-
-
-class DiskWriteError(DatasetError):
-    """Writing failed (disk full, file size limit, permissions): nothing partial was left behind."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, else remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a dataset must be as readable as any file the user writes
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DiskWriteError(f"could not write {path}: {e.strerror or e} (disk full or file size limit?)") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def hash_problem(path: str | os.PathLike, sha256: str) -> str | None:
-    """Why the file at `path` is not the one whose SHA-256 a manifest recorded (one line naming it), or None."""
-    try:
-        digest = sha256_file(path)
-    except OSError as e:
-        return f"{path}: cannot be read ({e.strerror or e})"
-    if digest != sha256:
-        return f"{path}: content hash differs from the manifest (corrupt, or replaced by another file)"
-    return None
-
-
-class HashCheck:
-    """The SHA-256 check of one file against its manifest entry, done at most once; safe to call from any thread.
-
-    A reader calls `ensure()` before it first uses the file's bytes; a background thread may call it earlier
-    to do the work ahead of need (the reader then finds it done, or waits for the hash in flight). A failure
-    is remembered: every later call raises the same DatasetError. `hashlib` releases the GIL while it
-    hashes, so a hashing thread runs beside the others.
-    """
-
-    def __init__(self, path: str | os.PathLike, sha256: str, advice: str = ""):
-        self.path, self.sha256, self.advice = Path(path), sha256, advice
-        self.done = False  # True once the bytes matched
-        self.seconds = 0.0  # time the hash took
-        self._problem: str | None = None
-        self._lock = threading.Lock()
-
-    def ensure(self) -> None:
-        """Return once the file is known to match; raise DatasetError (one line naming the file) if it does not."""
-        if self.done:
-            return
-        with self._lock:
-            if not self.done and self._problem is None:
-                started = time.perf_counter()
-                self._problem = hash_problem(self.path, self.sha256)
-                self.seconds = time.perf_counter() - started
-                self.done = self._problem is None
-        if self._problem is not None:
-            raise DatasetError(self._problem + self.advice)
+from spanbert_data.errors import DatasetError
+from spanbert_data.files import atomic_path, sha256_file
+from spanbert_data.layout import FORMAT_NAME, MANIFEST, READABLE_VERSIONS
+from spanbert_data.location import Location
 
 
 def write_arrow_file(path: str | os.PathLike, batch: pa.RecordBatch) -> dict:
@@ -144,59 +42,21 @@ def read_arrow_file(path: str | os.PathLike) -> pa.RecordBatch:
         raise DatasetError(f"{path}: not a readable Arrow file ({e}); run `spanbert-data verify` and rebuild") from None
 
 
-def resolve_inside(root: str | os.PathLike, rel: str) -> Path:
-    """Join a manifest path to the dataset root, refusing absolute paths and paths that leave the root."""
-    root = Path(root).resolve()
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
-        raise DatasetError(f"{root / MANIFEST}: invalid shard path {rel!r} (must be relative, inside the dataset)")
-    full = (root / rel).resolve()
-    if full != root and root not in full.parents:
-        raise DatasetError(f"{root / MANIFEST}: shard path {rel!r} leaves the dataset directory; refusing it")
-    return full
-
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(path) -> bool:
-    """True for an fsspec URL (s3://, gs://, ...) other than file://; local paths never go through fsspec."""
-    return isinstance(path, str) and bool(_URL.match(path)) and not path.lower().startswith("file://")
-
-
-def location(path, storage_options: dict | None = None):
-    """Where a dataset lives: a `spanbert_data.remote.Remote` for a URL (fsspec is imported only then), else a
-    local Path (a file:// URL is a local path)."""
-    if type(path).__name__ == "Remote":
-        return path
-    if is_url(path):
-        from spanbert_data.remote import Remote
-
-        return Remote(path, storage_options)
-    if isinstance(path, str) and path.lower().startswith("file://"):
-        path = path[len("file://") :]
-    return Path(path)
-
-
 def load_manifest(root) -> dict:
-    """Read and validate `manifest.json` of a dataset directory or URL (format, version, paths)."""
-    root = location(root)
-    if not isinstance(root, Path):  # object storage
-        text = root.read_bytes(MANIFEST)
-        if text is None:
+    """Read and validate `manifest.json` of a dataset (a directory, a URL or a Location): format, version, paths."""
+    root = Location.of(root)
+    text = root.read_bytes(MANIFEST)
+    if text is None:
+        if root.remote is not None:
             raise DatasetError(f"{root / MANIFEST}: missing — no dataset there, or its build is incomplete; "
                                "run (or re-run) `spanbert-data build` with that --out")  # fmt: skip
-        manifest = _parse_manifest(text, root / MANIFEST)
-        for entry in manifest_files(manifest):
-            root.path(entry["path"])
-        return manifest
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing — the build is incomplete; re-run `spanbert-data build` to finish it")
-    manifest = _parse_manifest(path.read_bytes(), path)
+        if not root.local.is_dir():
+            raise DatasetError(f"{root}: no such dataset directory; build one with `spanbert-data build`")
+        raise DatasetError(f"{root / MANIFEST}: missing — the build is incomplete; re-run `spanbert-data build` to "
+                           "finish it")  # fmt: skip
+    manifest = _parse_manifest(text, root / MANIFEST)
     for entry in manifest_files(manifest):
-        resolve_inside(root, entry["path"])
+        root.check(entry["path"])
     return manifest
 
 
@@ -227,28 +87,12 @@ def manifest_files(manifest: dict) -> list[dict]:
 def verify_dataset(root, threads: int = 8) -> list[str]:
     """Re-hash every file the manifest lists; return one problem line per bad file (empty when all are good).
 
-    A dataset in object storage is verified by streaming every object through the hash (`threads` at a time);
-    nothing is written to disk."""
-    root = location(root)
+    Nothing is written: local files are hashed one after the other, objects in a bucket are streamed through the
+    hash `threads` at a time."""
+    root = Location.of(root)
     manifest = load_manifest(root)
-    problems = []
     tok = manifest["tokenizer"]
     checks = [*manifest_files(manifest), {"path": tok["file"], "sha256": tok["sha256"], "bytes": None}]
-    if not isinstance(root, Path):
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            found = pool.map(lambda e: root.problem(e["path"], e.get("bytes"), e["sha256"]), checks)
-            return [p for p in found if p is not None]
-    for entry in checks:
-        path = resolve_inside(root, entry["path"])
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        size = path.stat().st_size
-        if entry.get("bytes") is not None and size != entry["bytes"]:
-            problems.append(f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
-            continue
-        if sha256_file(path) != entry["sha256"]:
-            problems.append(f"{path}: content hash differs from the manifest (corrupt)")
-    return problems
+    with ThreadPoolExecutor(threads if root.remote is not None else 1) as pool:
+        found = pool.map(lambda e: root.problem(e["path"], e.get("bytes"), e["sha256"]), checks)
+        return [p for p in found if p is not None]

@@ -16,9 +16,11 @@ import pyarrow as pa
 
 from spanbert_data.blocks import make_blocks
 from spanbert_data.corpus import CorpusStats
-from spanbert_data.shards import atomic_write_json, sha256_file, write_arrow_file
+from spanbert_data.files import atomic_write_json, sha256_file
+from spanbert_data.shards import write_arrow_file
 from spanbert_data.tokenizer import WordPieceTokenizer
-from spanbert_data.units import Unit, unit_documents
+from spanbert_data.unit_reader import unit_documents
+from spanbert_data.units import Unit
 
 LINES_PER_BATCH = 32768  # lines sent to the tokenizer at once: large batches keep its threads busy
 TOKENS_PER_PART = 1 << 28  # a store part's token count stays far below Arrow's int32 list-offset limit

@@ -1,8 +1,8 @@
-"""WordPiece tokenizers: load a `tokenizer.json` or a BERT `vocab.txt`, or train one (SPEC §1).
+"""WordPiece tokenizers: load a `tokenizer.json` or a BERT `vocab.txt` (SPEC §1; training one is vocab.py).
 
 Everything downstream of this module works on integer ids only. The two per-vocabulary tables it
-builds -- `word_start` (SPEC §2: a token starts a word unless its string begins with `##`) and
-`is_special` -- let the blocker and the masker stay string-free.
+builds -- `word_start` (SPEC §2, `word_start_table`: a token starts a word unless its string begins with
+the continuation prefix `##`) and `is_special` -- let the blocker and the masker stay string-free.
 
 Threads: HF `tokenizers` encodes batches on a Rayon thread pool that is created once per process, at
 the first parallel call, with `RAYON_NUM_THREADS` threads (all cores when unset). Call
@@ -20,32 +20,32 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from spanbert_data.config import ENCODERS
+from spanbert_data.errors import TokenizerError
+from spanbert_data.files import atomic_write_bytes
+from spanbert_data.wordpiece import FastWordPiece
+from spanbert_data.wordpiece_tables import unsupported_reason
+
 # The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word (BERT's, and our trained vocabularies')
+MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 
 # Lines per internal `encode_batch_fast` call: large enough to keep every Rayon thread busy, small
 # enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
 _ENCODE_CHUNK_LINES = 8192
 _FAST_CHUNK_LINES = 1 << 16  # the compiled encoder's batch: a few MB of text, all threads busy
 
-# "auto": the compiled encoder where it reproduces the tokenizer exactly, else `tokenizers`;
-# "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
-ENCODERS = ("auto", "fast", "hf")
-
 _get_ids = attrgetter("ids")
 _pool_started = False  # set by the first encode; RAYON_NUM_THREADS is read only then
 _threads: int | None = None  # set_tokenizer_threads(); None: all cores
-
-
-class TokenizerError(Exception):
-    """A tokenizer file that cannot be used; the message names the file and what to do."""
 
 
 def set_tokenizer_threads(n: int) -> None:
@@ -111,10 +111,7 @@ class WordPieceTokenizer:
             )
         self.special_ids: dict[str, int] = {name: vocab[tok] for name, tok in SPECIAL_TOKENS.items()}
 
-        # SPEC §2 word starts. The prefix is the model's own (always "##" for BERT vocabularies).
-        prefix = tokenizer.model.continuing_subword_prefix
-        self.word_start = np.ones(self.vocab_size, dtype=bool)
-        self.word_start[[i for tok, i in vocab.items() if tok.startswith(prefix)]] = False
+        self.word_start = word_start_table(vocab, tokenizer.model.continuing_subword_prefix)
         self.is_special = np.zeros(self.vocab_size, dtype=bool)
         self.is_special[list(self.special_ids.values())] = True
         self.is_special[[i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special]] = True
@@ -134,8 +131,6 @@ class WordPieceTokenizer:
         self.encoder, self.encoder_note = self._choose_encoder(encoder, json.loads(self.to_json()))
 
     def _choose_encoder(self, encoder: str, spec: dict) -> tuple[str, str]:
-        from spanbert_data.wordpiece_tables import unsupported_reason
-
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
         if encoder == "hf":
@@ -171,8 +166,6 @@ class WordPieceTokenizer:
         return flat, lens
 
     def _encode_fast(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        from spanbert_data.wordpiece import FastWordPiece
-
         if self._fast is None:
             self._fast = FastWordPiece(self._tok)
         if len(lines) > _FAST_CHUNK_LINES:  # bounded buffers for any input size
@@ -231,27 +224,48 @@ class WordPieceTokenizer:
     def save(self, path) -> None:
         """Write `to_json()` to path atomically (temp file in the same directory, then os.replace).
 
-        A failed write (disk full, file size limit) raises `shards.DiskWriteError` naming the file."""
-        from spanbert_data.shards import atomic_write_bytes  # lazy: pyarrow is not needed to tokenize
-
+        A failed write (disk full, file size limit) raises `errors.DiskWriteError` naming the file."""
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
 
-def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
+def word_start_table(vocab: Mapping[str, int] | Sequence[str], prefix: str = CONTINUATION,
+                     size: int | None = None) -> np.ndarray:  # fmt: skip
+    """bool[size] over token ids: True when the token starts a word (SPEC §2), i.e. unless its string begins with
+    the continuation prefix. `vocab`: token -> id, or the tokens in id order; `size` (default: the vocabulary's)
+    leaves ids at or above it out. The one definition of a word start: the tokenizer, the row checks, masking's
+    tests and the evaluation all take their table from here."""
+    items = vocab.items() if isinstance(vocab, Mapping) else ((t, i) for i, t in enumerate(vocab))
+    table = np.ones(len(vocab) if size is None else size, dtype=bool)
+    table[[i for t, i in items if t.startswith(prefix) and i < len(table)]] = False
+    return table
+
+
+def bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
     """BERT's normaliser, pre-tokenizer and decoder (SPEC §1); accents are stripped only when lower-casing."""
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.decoder = decoders.WordPiece(prefix=CONTINUATION)
 
 
-def _bert_post_processor(tok: Tokenizer) -> None:
-    """`[CLS] A [SEP]` templates, so the saved file behaves like a BERT tokenizer elsewhere too."""
+def bert_post_processor(tok: Tokenizer) -> None:
+    """`[CLS] A [SEP]` templates, so the saved file behaves like a BERT tokenizer elsewhere too (`transformers`)."""
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
+
+
+def bert_tokenizer(vocab: dict[str, int], lowercase: bool) -> Tokenizer:
+    """A BERT WordPiece `tokenizers.Tokenizer` around a vocabulary (SPEC §1): `bert_pipeline`, `##` WordPiece, the
+    specials as special added tokens, `bert_post_processor`. Both a loaded vocab.txt and a trained vocabulary."""
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION,
+                                     max_input_chars_per_word=MAX_WORD_CHARS))  # fmt: skip
+    bert_pipeline(tok, lowercase)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
+    bert_post_processor(tok)
+    return tok
 
 
 def _is_lowercase_vocab(tokens: Iterable[str]) -> bool:
@@ -280,11 +294,7 @@ def _from_vocab_txt(text: str, source: str) -> Tokenizer:
     missing = [t for t in SPECIAL_TOKENS.values() if t not in vocab]
     if missing:
         raise TokenizerError(f"{source}: missing BERT special token(s) {', '.join(missing)}; add them to the vocab")
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    _bert_pipeline(tok, lowercase=_is_lowercase_vocab(vocab))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
-    _bert_post_processor(tok)
-    return tok
+    return bert_tokenizer(vocab, lowercase=_is_lowercase_vocab(vocab))
 
 
 def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
@@ -327,14 +337,3 @@ def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
         tok = _from_vocab_txt(text, source)
     return WordPieceTokenizer(tok, source, encoder)
 
-
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> WordPieceTokenizer:
-    """Train a cased BERT WordPiece vocabulary on texts (SPEC §1, used when no --tokenizer is given).
-
-    BERT normaliser without lower-casing (accents kept), BERT pre-tokenizer, `##` continuation prefix,
-    the five specials at ids 0..4. Deterministic: the result depends on the texts and the arguments only
-    (spanbert_data/vocab.py, docs/FORMAT.md "Vocabulary"). A small corpus may yield fewer than vocab_size entries.
-    """
-    from spanbert_data.vocab import count_words, train_from_counts  # vocab.py imports this module
-
-    return train_from_counts(count_words(texts), vocab_size=vocab_size, min_frequency=min_frequency)

@@ -6,13 +6,16 @@ any number of workers or threads, any `PYTHONHASHSEED`, on any machine with the 
     units ─▶ [count_unit_words, one task per unit, any process] word counts ─▶ merge_counts (unit order)
           ─▶ train_from_counts: alphabet + merge loop (wordpiece_merges.py, Numba) ─▶ WordPieceTokenizer
 
+`train_vocabulary` runs it on a corpus's units through the build's executor (`spanbert-data vocab`, and
+`build` without --tokenizer); `train_wordpiece` on a few texts in this process.
+
 Words are what the saved tokenizer will see at encode time: the text goes through its own BERT
 normaliser and is split the way its BERT pre-tokenizer splits (whitespace dropped, every punctuation
 character a word of its own). A unit's words are counted by the compiled counter of wordcount.py (the
 compiled encoder's normaliser and pre-tokenizer, and a hash table, in Numba). `count_words` below is the
 same count in plain Python around `tokenizers`' own normaliser, a regular expression whose character
 classes are filled by asking that pre-tokenizer about each new character: the reference the compiled
-counter is tested against, and what `tokenizer.train_wordpiece` uses on small texts.
+counter is tested against, and what `train_wordpiece` uses on small texts.
 
 A large corpus is sampled (`--vocab-sample-mb`): whole units in a fixed hash order until the budget is
 reached, the last one only up to the rest of the budget (`sample_units`).
@@ -22,20 +25,27 @@ from __future__ import annotations
 
 import itertools
 import re
+import socket
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import normalizers, pre_tokenizers
 
-from spanbert_data.corpus import CorpusStats
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, _bert_post_processor
-from spanbert_data.units import Unit, unit_documents
+from spanbert_data.corpus import CorpusStats, list_corpus_files
+from spanbert_data.errors import BuildError
+from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
+from spanbert_data.progress import stderr
+from spanbert_data.rng import mix64
+from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, WordPieceTokenizer, bert_tokenizer
+from spanbert_data.unit_reader import unit_documents
+from spanbert_data.units import Source, Unit, plan_sources
 from spanbert_data.wordcount import batches, count_lines
+from spanbert_data.wordpiece_merges import merge_loop
 
-MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
 _CHUNK_CHARS = 1 << 16  # text normalised and split at once: large enough to amortise the calls
 
@@ -125,19 +135,19 @@ def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
     return total
 
 
-def _rank(unit: Unit) -> int:
-    """SplitMix64 of a unit's (source, sub) key: the order in which units enter a sample."""
-    z = ((unit.source << 24 | unit.sub) + 0x564F434142) * 0x9E3779B97F4A7C15 & (1 << 64) - 1
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & (1 << 64) - 1
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & (1 << 64) - 1
-    return z ^ (z >> 31)
+def _ranks(units: list[Unit]) -> dict[str, int]:
+    """The order in which units enter a sample: SplitMix64's finaliser (rng.mix64) of each unit's (source, sub)
+    key, salted and multiplied by the golden-ratio constant modulo 2**64."""
+    keys = [((u.source << 24 | u.sub) + 0x564F434142) * 0x9E3779B97F4A7C15 & (1 << 64) - 1 for u in units]
+    mixed = mix64(np.array(keys, dtype=np.uint64)) if keys else []
+    return {u.key: int(z) for u, z in zip(units, mixed, strict=True)}
 
 
 def sample_units(units: list[Unit], sample_bytes: int) -> list[tuple[Unit, int | None]]:
     """The units a vocabulary is counted on, in unit order, each with its character budget (None = whole).
 
     All units when they hold at most sample_bytes of text (or sample_bytes is 0). Otherwise units are
-    taken in the order of `_rank(unit)`, whole while their text bytes (`Unit.bytes`) fit in the budget; the
+    taken in the order of `_ranks`, whole while their text bytes (`Unit.bytes`) fit in the budget; the
     first that does not fit is read only up to the remaining budget (in characters of text), and the
     sample ends."""
     def order(u: Unit) -> tuple[int, int]:
@@ -147,7 +157,8 @@ def sample_units(units: list[Unit], sample_bytes: int) -> list[tuple[Unit, int |
         return [(u, None) for u in sorted(units, key=order)]
     chosen: dict[str, int | None] = {}
     left = sample_bytes
-    for u in sorted(units, key=_rank):
+    rank = _ranks(units)
+    for u in sorted(units, key=lambda u: rank[u.key]):
         if u.bytes <= left:
             chosen[u.key] = None
             left -= u.bytes
@@ -165,8 +176,6 @@ def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequ
 
     At most vocab_size entries (fewer when the merges run out; more only when the specials and the
     alphabet alone exceed it). Words longer than MAX_WORD_CHARS are left out: they encode as [UNK]."""
-    from spanbert_data.wordpiece_merges import merge_loop  # Numba: compiled (or loaded) on first use
-
     if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be an integer > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
     if not isinstance(min_frequency, int) or min_frequency < 1:
@@ -203,11 +212,77 @@ def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequ
 
 
 def wordpiece_tokenizer(vocab: dict[str, int]) -> WordPieceTokenizer:
-    """The cased BERT `tokenizer.json` around a vocabulary: BERT normaliser and pre-tokenizer, `##` WordPiece,
-    the specials as special added tokens, `[CLS] A [SEP]` templates (what `transformers` expects)."""
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##",
-                                     max_input_chars_per_word=MAX_WORD_CHARS))  # fmt: skip
-    _bert_pipeline(tok, lowercase=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
-    _bert_post_processor(tok)
-    return WordPieceTokenizer(tok, "<trained WordPiece>")
+    """The cased BERT `tokenizer.json` around a vocabulary (tokenizer.bert_tokenizer, not lower-cased)."""
+    return WordPieceTokenizer(bert_tokenizer(vocab, lowercase=False), "<trained WordPiece>")
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> WordPieceTokenizer:
+    """Train a cased BERT WordPiece vocabulary on texts in this process (SPEC §1).
+
+    BERT normaliser without lower-casing (accents kept), BERT pre-tokenizer, `##` continuation prefix,
+    the five specials at ids 0..4. Deterministic: the result depends on the texts and the arguments only
+    (docs/FORMAT.md "Vocabulary"). A small corpus may yield fewer than vocab_size entries.
+    """
+    return train_from_counts(count_words(texts), vocab_size=vocab_size, min_frequency=min_frequency)
+
+
+# ------------------------------------------------------------------------------------------- on a corpus
+def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
+                     log: Callable[[str], None] = stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """Train the cased WordPiece vocabulary of a corpus: the words of each sampled unit are counted as a task of
+    its own (on the executor: processes or a Dask cluster), the counts summed in unit order, then merged in this
+    process. Returns the tokenizer and what it was trained on (documents, lines, chars, words, the corpus
+    reader's warnings)."""
+    started = time.perf_counter()
+    units = vocab_units(sources)
+    plan = sample_units(units, sample_bytes)
+    sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
+    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
+        f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
+    parts: dict[str, WordCounts] = {}
+    prefix = task_prefix(root, "vocab")
+    run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
+              lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
+    ordered = [parts[u.key] for u, _ in plan]
+    counts = merge_counts(ordered)
+    tokenizer = train_from_counts(counts, vocab_size)
+    info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
+    info["words"] = len(counts)
+    info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
+    log(f"vocabulary: {tokenizer.vocab_size} entries from {info['words']} distinct words, {info['documents']} "
+        f"documents, in {time.perf_counter() - started:.1f}s")  # fmt: skip
+    return tokenizer, info
+
+
+def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int | None = None,
+                      scheduler: str | None = None, log: Callable[[str], None] = stderr,
+                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+    """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them
+    (workers None: one per usable core), so the result is the tokenizer `build` would train with the same options."""
+    corpus = Path(corpus)
+    files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
+    sources = plan_sources(files, corpus, unit_bytes)
+    with make_executor(workers, scheduler, log) as executor:
+        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
+
+
+def vocab_units(sources: list[Source]) -> list[Unit]:
+    """The units the vocabulary sample is drawn from: pass 1's units, except that a compressed file that only
+    one reader can decompress ("stream") is one unit of its own, read from its start by one task."""
+    units: list[Unit] = []
+    for source in sources:
+        if source.kind == "stream":
+            units.append(Unit(source.index, 0, "files", source.files, source.text_bytes))
+        else:
+            units.extend(source.units())
+    return units
+
+
+def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
+    if not root.exists():
+        raise BuildError(
+            f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
+            "worker mounts at the same path (see README, Building on a cluster)"
+        )
+    prepare_task_process()
+    return count_unit_words(root, unit, char_budget)

@@ -21,9 +21,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 from numba import njit
-from tokenizers import Tokenizer, models
 
-from spanbert_data.tokenizer import _bert_pipeline
+from spanbert_data.tokenizer import bert_tokenizer
 from spanbert_data.wordpiece import _item, _next_code, _put_utf8, line_bytes
 from spanbert_data.wordpiece_merges import (
     _EMPTY,
@@ -238,8 +237,7 @@ class _Splitter:
     per-code-point tables for the kernel, and `tokenizers` itself for the lines the tables route."""
 
     def __init__(self) -> None:
-        tok = Tokenizer(models.WordPiece(vocab={"[UNK]": 0}, unk_token="[UNK]"))
-        _bert_pipeline(tok, lowercase=False)
+        tok = bert_tokenizer({"[UNK]": 0}, lowercase=False)  # the pipeline of vocab.train_from_counts' tokenizer
         self.normalizer, self.pre_tokenizer = tok.normalizer, tok.pre_tokenizer
         chars = char_tables(tok, json.loads(tok.to_str()))
         self.tables = (chars.ascii, chars.block_index, chars.blocks, chars.pool)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from spanbert_data.config import SBO_OFFSETS
+
 ListColumn = tuple[np.ndarray, np.ndarray]
 """A list column of B rows as (offsets int[B+1], values): row b owns values[offsets[b]:offsets[b+1]]."""
-
-MAX_SBO_OFFSET = 14  # SPEC §3: only the first 15 tokens of a span get SBO targets
 
 
 @dataclass
@@ -157,8 +157,8 @@ def make_batch(
             raise ValueError(f"{name}: offsets differ from sbo_positions (one entry per SBO target)")
         sbo[name] = values
     span_offsets = sbo["sbo_offsets"].astype(np.int64)
-    if span_offsets.size and (span_offsets.min() < 0 or span_offsets.max() > MAX_SBO_OFFSET):
-        raise ValueError(f"sbo_offsets: values must lie in 0..{MAX_SBO_OFFSET} (SPEC §3)")
+    if span_offsets.size and (span_offsets.min() < 0 or span_offsets.max() >= SBO_OFFSETS):
+        raise ValueError(f"sbo_offsets: values must lie in 0..{SBO_OFFSETS - 1} (SPEC §3)")
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))

@@ -25,15 +25,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from spanbert_data.shards import sha256_file
+from spanbert_data.files import sha256_file
+from spanbert_train.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be used (corrupt, or from an incompatible run); one line for the user."""
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:

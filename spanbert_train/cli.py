@@ -6,8 +6,9 @@ This module only parses options into a TrainConfig (defaults ← --config file �
 and calls spanbert_train.train.train. User errors print one line on stderr and exit with status 2.
 
 More subcommands are added without touching the group: put "NAME": "module:click_command" in
-SUBCOMMANDS, or call `register_subcommand(NAME, "module:attr")` — they are imported lazily, only
-when invoked, so `spanbert-train --help` stays fast and modules never import each other in a cycle.
+SUBCOMMANDS, or call `register_subcommand(NAME, "module:attr")`. Training (TRAIN) and the subcommands are
+found by name (`load`) only when invoked, so `spanbert-train --help` and `plot` never import torch, and no
+module imports this one (tests/test_structure.py).
 """
 
 from __future__ import annotations
@@ -19,21 +20,26 @@ import sys
 
 import click
 
+from spanbert_data.config import field_docs
+from spanbert_data.errors import DatasetError
+from spanbert_data.remote import parse_storage_options
 from spanbert_train.config import (
     KERNEL_CHOICES,
     MODEL_PRESETS,
     VERIFY_CHOICES,
-    ConfigError,
     DataConfig,
     ModelSpec,
     OptimConfig,
     TrainConfig,
-    field_docs,
     from_dict,
     load_config_file,
     parse_override,
 )
+from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
 
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)  # one line on stderr, exit status 2
+
+TRAIN = "spanbert_train.train:train"  # what `spanbert-train` without a subcommand runs
 SUBCOMMANDS: dict[str, str] = {
     "plot": "spanbert_train.metrics:plot_command",
     "export": "spanbert_train.export:export_command",
@@ -47,6 +53,12 @@ def register_subcommand(name: str, target: str) -> None:
     SUBCOMMANDS[name] = target
 
 
+def load(target: str):
+    """The object at `target` ("package.module:attribute"), its module imported now."""
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported only when used (see SUBCOMMANDS)."""
 
@@ -55,8 +67,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in SUBCOMMANDS:
-            module, attr = SUBCOMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            return load(SUBCOMMANDS[name])
         return super().get_command(ctx, name)
 
 
@@ -85,8 +96,6 @@ def _json_option(ctx, param, value):
     """--storage-options JSON → dict (None when not given)."""
     if value is None:
         return None
-    from spanbert_data.remote import parse_storage_options
-
     try:
         return parse_storage_options(value)
     except ValueError as e:
@@ -158,9 +167,7 @@ def cli(ctx: click.Context, config_file, model_set, print_config, **options) -> 
     if print_config:
         click.echo(cfg.to_json())
         return
-    from spanbert_train.train import train  # torch is imported only when training
-
-    train(cfg)
+    load(TRAIN)(cfg)  # torch is imported only when training
 
 
 def _exiting_on_error() -> None:
@@ -173,15 +180,6 @@ def _exiting_on_error() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning user errors into one line on stderr and exit status 2."""
-    from spanbert_data.shards import DatasetError
-
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, DatasetError)
-    try:
-        from spanbert_train.checkpoint import CheckpointError
-
-        user_errors += (CheckpointError,)
-    except ImportError:  # torch missing: the plot subcommand still works
-        pass
     try:
         code = cli.main(args=argv, prog_name="spanbert-train", standalone_mode=False)
     except click.ClickException as e:
@@ -190,19 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
-    except user_errors as e:
+    except USER_ERRORS as e:
         _exiting_on_error()
         click.echo(f"spanbert-train: error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("spanbert-train: interrupted", err=True)
         sys.exit(130)
-    except Exception as e:
-        from spanbert_train.train import TrainingError
-
-        if isinstance(e, TrainingError):
-            _exiting_on_error()
-            click.echo(f"spanbert-train: error: {e}", err=True)
-            sys.exit(1)
-        raise
+    except TrainingError as e:
+        _exiting_on_error()
+        click.echo(f"spanbert-train: error: {e}", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

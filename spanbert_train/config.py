@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spanbert_train.errors import ConfigError
+
 KERNEL_CHOICES = ("auto", "triton", "reference")
 MODEL_PRESETS = ("tiny", "small", "base", "large")
 VERIFY_CHOICES = ("sha256", "size")
-
-
-class ConfigError(ValueError):
-    """A user-supplied option or config file is invalid (printed as one line, exit status 2)."""
 
 
 @dataclass
@@ -233,20 +231,6 @@ def _non_negative(obj, *names: str, prefix: str = "") -> None:
 def _choice(obj, name: str, choices: tuple[str, ...], prefix: str = "") -> None:
     if getattr(obj, name) not in choices:
         raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices)} (got {getattr(obj, name)!r})")
-
-
-def field_docs(cls) -> dict[str, str]:
-    """The one-line doc of every field of a config dataclass (the string literal under it)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)
-    return docs
 
 
 # ----------------------------------------------------------------------------------------------

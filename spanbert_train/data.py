@@ -1,8 +1,8 @@
 """Streaming the packed shards (docs/FORMAT.md) into per-rank batches, deterministically.
 
-Every shard is memory-mapped (`pa.memory_map` + `pa.ipc.open_file`) and its columns are used
-zero-copy as NumPy arrays; a batch is gathered with NumPy fancy indexing (the ragged list columns
-through their offsets), never with a Python loop over tokens.
+A `Dataset` opens every shard of a manifest (spanbert_train/shard.py: memory-mapped, zero-copy NumPy
+columns, gathered with fancy indexing, never a Python loop over tokens); a dataset in object storage has its
+shards downloaded into a local cache ahead of need (spanbert_train/remote_data.py).
 
 Order (DESIGN §8): training epoch e reads mask epoch e mod K, in the order of a
 permutation of that epoch's rows seeded by (seed, e). Global batch b is perm[b·G:(b+1)·G]; it is
@@ -18,87 +18,17 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from spanbert_data.packing import record_batch_columns
-from spanbert_data.rowcheck import first_bad_row
-from spanbert_data.shards import DatasetError, HashCheck, load_manifest, location, resolve_inside
-from spanbert_train.config import ConfigError
+from spanbert_data.errors import DatasetError
+from spanbert_data.location import Location
+from spanbert_data.shards import load_manifest
+from spanbert_train.batch import make_batch
+from spanbert_train.errors import ConfigError
+from spanbert_train.remote_data import DownloadAhead, remote_shards, size_cache
+from spanbert_train.shard import LIST_COLUMNS, RowSource, Shard
 from spanbert_train.verify_ahead import VerifyAhead
-
-LIST_COLUMNS = (
-    "example_lengths", "mlm_positions", "mlm_labels", "sbo_positions",
-    "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels",
-)  # fmt: skip
-
-
-class Shard:
-    """One memory-mapped training or validation shard, checked against its manifest entry.
-
-    Opening is cheap and checks size, Arrow structure, schema, row count and list offsets (so no later
-    gather can leave a buffer). With verify='sha256' the content hash is checked lazily, once, by
-    `verify_bytes()`: `RowSource.gather` calls it before the shard's first row is used, and the
-    TrainLoader's verifier thread calls it earlier, ahead of need.
-    """
-
-    def __init__(self, root: Path, entry: dict, max_seq_len: int, verify: str = "sha256",
-                 vocab_size: int | None = None):  # fmt: skip
-        self.path = resolve_inside(root, entry["path"])
-        self.name = str(self.path)  # how messages name it (a remote shard's URL: spanbert_train.remote_data)
-        self.vocab_size = vocab_size
-        self.advice = f"; restore the file or rebuild the dataset (`spanbert-data verify {root}` lists every bad file)"
-        if not self.path.is_file():
-            raise DatasetError(f"{self.path}: shard is missing; rebuild the dataset or restore the file")
-        size = self.path.stat().st_size
-        if size != entry["bytes"]:
-            raise DatasetError(f"{self.path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
-        self.hash_check = None
-        if verify == "sha256":
-            if not isinstance(entry.get("sha256"), str):
-                raise DatasetError(f"{self.path}: the manifest records no sha256 for it; rebuild the dataset")
-            self.hash_check = HashCheck(self.path, entry["sha256"], self.advice)
-        try:
-            self._open(entry, max_seq_len)
-        except DatasetError:
-            self.verify_bytes()  # a damaged file is named as such when the hash can tell
-            raise
-
-    def _open(self, entry: dict, max_seq_len: int) -> None:
-        try:
-            reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
-            if reader.num_record_batches != 1:
-                raise DatasetError(f"{self.name}: expected 1 record batch, found {reader.num_record_batches}")
-            batch = reader.get_batch(0)
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DatasetError(f"{self.name}: not a readable Arrow file ({reason}); the shard is corrupt") from None
-        if batch.num_rows != entry["rows"]:
-            raise DatasetError(f"{self.name}: {batch.num_rows} rows, manifest says {entry['rows']}")
-        try:
-            self.columns = record_batch_columns(batch)  # zero-copy NumPy views; schema and offsets checked
-        except ValueError as e:
-            raise DatasetError(f"{self.name}: {e}; the shard is corrupt{self.advice}") from None
-        if self.columns["input_ids"].shape[1] != max_seq_len:
-            width = self.columns["input_ids"].shape[1]
-            raise DatasetError(f"{self.name}: rows have {width} slots, the manifest says max_seq_len {max_seq_len}")
-        self.rows = batch.num_rows
-        off, lengths = self.columns["example_lengths"]
-        # Non-padding tokens of every row (its examples' lengths summed), for tokens/s without touching input_ids.
-        csum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        self.row_tokens = csum[off[1:]] - csum[off[:-1]]
-
-    @property
-    def verified(self) -> bool:
-        """True when the content hash is known to match, or hashing is off (verify='size')."""
-        return self.hash_check is None or self.hash_check.done
-
-    def verify_bytes(self) -> None:
-        """Check the content hash once (no-op with verify='size'); raise DatasetError naming the shard if it differs."""
-        if self.hash_check is not None:
-            self.hash_check.ensure()
 
 
 class Dataset:
@@ -108,10 +38,10 @@ class Dataset:
     (lazily, see Shard); 'size' trusts the storage and skips it. Rows are structurally checked either way."""
 
     def __init__(self, root, verify: str = "sha256", storage=None):
-        """`root`: a dataset directory, or a URL / `spanbert_data.remote.Remote` of one in object storage, whose
-        shards are downloaded into a local cache ahead of need (`storage`: a spanbert_train.remote_data.Storage,
+        """`root`: a dataset directory, or a URL (or a `spanbert_data.location.Location`) of one in object storage,
+        whose shards are downloaded into a local cache ahead of need (`storage`: a spanbert_train.remote_data.Storage,
         default: the default cache directory and limit)."""
-        self.root = location(root, storage.options if storage is not None else None)
+        self.root = Location.of(root, storage.options if storage is not None else None)
         self.manifest = load_manifest(self.root)
         self.cache = None  # the ShardCache of a remote dataset
         m = self.manifest
@@ -124,12 +54,10 @@ class Dataset:
             valid = m["shards"].get("valid", [])
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{self.root / 'manifest.json'}: missing or invalid field {e}; rebuild") from None
-        if isinstance(self.root, Path):
-            shard = functools.partial(Shard, self.root, max_seq_len=self.max_seq_len, verify=verify,
+        if self.root.local is not None:  # memory-mapped where they are
+            shard = functools.partial(Shard, self.root.local, max_seq_len=self.max_seq_len, verify=verify,
                                       vocab_size=self.vocab_size)  # fmt: skip
         else:  # object storage: shards open lazily, once downloaded and verified (spanbert_train.remote_data)
-            from spanbert_train.remote_data import remote_shards
-
             shard = remote_shards(self, storage, verify)
         self.epochs: list[list[Shard]] = [[] for _ in range(self.mask_epochs)]
         for entry in train:
@@ -142,8 +70,6 @@ class Dataset:
                 raise DatasetError(f"{self.root / 'manifest.json'}: mask epoch {k} has no training rows")
         self.valid = [shard(entry) for entry in valid]
         if self.cache is not None:
-            from spanbert_train.remote_data import size_cache
-
             size_cache(self, storage)
 
     def close(self) -> None:
@@ -155,82 +81,8 @@ class Dataset:
         return sum(s.rows for s in self.epochs[mask_epoch])
 
 
-class RowSource:
-    """Rows of a list of shards addressed by one index 0..N-1, gathered into batches."""
-
-    def __init__(self, shards: list[Shard]):
-        self.shards = shards
-        self.first = np.concatenate([[0], np.cumsum([s.rows for s in shards])]).astype(np.int64)
-
-    def __len__(self) -> int:
-        return int(self.first[-1])
-
-    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        shard = np.searchsorted(self.first, rows, side="right") - 1
-        return shard, rows - self.first[shard]
-
-    def counts(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """Per-row number of entries of a list column (e.g. MLM targets) — no values are touched."""
-        shard, local = self._locate(rows)
-        n = np.empty(len(rows), dtype=np.int64)
-        for s in np.unique(shard):
-            sel = shard == s
-            off = self.shards[s].columns[name][0]
-            n[sel] = off[local[sel] + 1].astype(np.int64) - off[local[sel]]
-        return n
-
-    def row_tokens(self, rows: np.ndarray) -> np.ndarray:
-        """Per-row number of non-padding tokens."""
-        shard, local = self._locate(rows)
-        n = np.empty(len(rows), dtype=np.int64)
-        for s in np.unique(shard):
-            sel = shard == s
-            n[sel] = self.shards[s].row_tokens[local[sel]]
-        return n
-
-    def gather(self, rows: np.ndarray, check: bool = True) -> dict:
-        """The given rows, in the given order: input_ids (B, T) and every list column as (offsets, values).
-
-        Each shard's bytes are verified before its first row is used (Shard.verify_bytes), and the rows are
-        checked structurally (spanbert_data.rowcheck) unless `check` is False (benchmarks only): a bad row
-        raises DatasetError naming the shard, the row and what is wrong, before any tensor is made."""
-        shard, local = self._locate(rows)
-        groups = [(s, shard == s) for s in np.unique(shard)]
-        for s, _ in groups:
-            self.shards[s].verify_bytes()
-        first = self.shards[0].columns["input_ids"]
-        ids = np.empty((len(rows), first.shape[1]), dtype=first.dtype)
-        for s, sel in groups:
-            ids[sel] = self.shards[s].columns["input_ids"][local[sel]]
-        out = {"input_ids": ids}
-        for name in LIST_COLUMNS:
-            lengths = self.counts(rows, name)
-            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            values = np.empty(int(offsets[-1]), dtype=self.shards[0].columns[name][1].dtype)
-            for s, sel in groups:
-                src_off, src_val = self.shards[s].columns[name]
-                n = lengths[sel]
-                # Ragged copy: entry j of row i goes from src_start[i] + j to dst_start[i] + j.
-                within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-                src = np.repeat(src_off[local[sel]].astype(np.int64), n) + within
-                dst = np.repeat(offsets[:-1][sel], n) + within
-                values[dst] = src_val[src]
-            out[name] = (offsets, values)
-        if check:
-            vocab = self.shards[0].vocab_size
-            found = first_bad_row(out, vocab if vocab is not None else np.iinfo(np.int64).max)
-            if found is not None:
-                i, what = found
-                bad = self.shards[shard[i]]
-                raise DatasetError(f"{bad.name}: row {local[i]}: {what}; the shard is corrupt{bad.advice}")
-        return out
-
-
 def to_batch(cols: dict):
     """Turn gathered columns into the model's Batch (spanbert_train.batch.make_batch)."""
-    from spanbert_train.batch import make_batch
-
     return make_batch(cols["input_ids"], **{name: cols[name] for name in LIST_COLUMNS})
 
 
@@ -292,8 +144,6 @@ class TrainLoader:
         self._pending = None  # the next queue item, taken early by peek_error()
         self._orders: dict[int, np.ndarray] = {}  # training epoch -> its row order (see _order)
         if dataset.cache is not None:  # object storage: download ahead of need, let go after last use
-            from spanbert_train.remote_data import DownloadAhead
-
             self.verifier = DownloadAhead(self)
         else:
             self.verifier = VerifyAhead([s for shards in dataset.epochs for s in shards],

@@ -1,6 +1,12 @@
-"""Joining and leaving the torchrun process group, the same way for training, evaluation and fine-tuning.
+"""The ranks of a run: joining and leaving torchrun's process group, and stopping every rank together.
 
-Leaving is the delicate half. A gloo process group owns C++ worker threads, and a worker may drop the last
+`setup_distributed` is the one entry for training, evaluation and QA fine-tuning alike: RANK, WORLD_SIZE and
+LOCAL_RANK from the environment (a single process when they are not set), nccl on CUDA, gloo on CPU.
+
+`raise_on_every_rank` (issue 16): the trainer learns from the step's all-reduce that some rank's next batch is
+bad, so every rank calls it at the same step and none is left waiting in a collective for a rank that has gone.
+
+Leaving is the delicate part. A gloo process group owns C++ worker threads, and a worker may drop the last
 reference to a finished collective (say, the `all_gather_object` that tells every rank about bad data) after the
 Python caller has moved on; dropping it touches Python objects, so the worker needs the GIL. If the interpreter is
 already finalising at that moment, CPython ends the worker with `pthread_exit`, whose unwinding through a C++
@@ -15,6 +21,7 @@ import gc
 import os
 import weakref
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -23,6 +30,9 @@ import torch.distributed as dist
 # at import. Imported after init_process_group, those defaults would hold the group for the rest of the process, so
 # that destroy_process_group could never free it (nor join its threads). Imported here, before any group exists.
 import torch.distributed.nn.functional  # noqa: F401
+
+from spanbert_data.errors import DatasetError
+from spanbert_train.errors import TrainingError
 
 
 @dataclass
@@ -65,3 +75,17 @@ def shutdown_distributed() -> bool:
     if freed:
         _group = None
     return freed
+
+
+def raise_on_every_rank(mine: BaseException | None, world: int) -> NoReturn:
+    """Raise on this rank the error some rank found: its own if it found one, else the lowest rank's message,
+    tagged with that rank, so that every rank's log names the shard. One all_gather_object, on failure only."""
+    report = None if mine is None else (isinstance(mine, DatasetError), str(mine))
+    found = [report]
+    if world > 1:
+        found = [None] * world
+        dist.all_gather_object(found, report)
+    if mine is not None:
+        raise mine
+    rank, (is_data, text) = next((r, f) for r, f in enumerate(found) if f is not None)
+    raise (DatasetError if is_data else TrainingError)(f"{text} (found by rank {rank})")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model
+from tokenizers import Tokenizer
 
-from spanbert_data.shards import is_url
+from spanbert_data.location import is_url
+from spanbert_data.tokenizer import CONTINUATION, word_start_table
 from spanbert_train.config import ConfigError
-from spanbert_train.data import Dataset, RowSource, to_batch
+from spanbert_train.data import Dataset, to_batch
 from spanbert_train.dist import setup_distributed, shutdown_distributed
+from spanbert_train.errors import ExportError
+from spanbert_train.export import checkpoint_model_config, resolve_checkpoint
+from spanbert_train.model import SpanBertForPreTraining
+from spanbert_train.remote_data import Storage
+from spanbert_train.shard import RowSource
 
 EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
 SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words
@@ -59,27 +69,19 @@ def bucket_label(i: int) -> str:
     return str(i + 1) if i + 1 < SPAN_WORD_BUCKETS else f">={SPAN_WORD_BUCKETS}"
 
 
-def word_start_table(dataset: Dataset) -> np.ndarray:
+def dataset_word_starts(dataset: Dataset) -> np.ndarray:
     """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
-    from tokenizers import Tokenizer
-
     name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
-    path = dataset.root / name
     try:
-        if isinstance(dataset.root, Path):
-            tok = Tokenizer.from_file(str(path))
-        else:  # a dataset in object storage (spanbert_data.remote.Remote)
-            text = dataset.root.read_bytes(name)
-            if text is None:
-                raise ValueError("not found")
-            tok = Tokenizer.from_str(text.decode("utf-8"))
+        text = dataset.root.read_bytes(name)
+        if text is None:
+            raise ValueError("not found")
+        tok = Tokenizer.from_str(text.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception
-        raise ConfigError(f"{path}: cannot read the dataset's tokenizer ({e}); run `spanbert-data verify`") from None
-    prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
-    table = np.ones(dataset.vocab_size, dtype=bool)
-    ids = [i for t, i in tok.get_vocab(with_added_tokens=True).items() if t.startswith(prefix) and i < len(table)]
-    table[ids] = False
-    return table
+        raise ConfigError(f"{dataset.root / name}: cannot read the dataset's tokenizer ({e}); "
+                          "run `spanbert-data verify`") from None
+    prefix = getattr(tok.model, "continuing_subword_prefix", None) or CONTINUATION
+    return word_start_table(tok.get_vocab(with_added_tokens=True), prefix, size=dataset.vocab_size)
 
 
 def unigram_entropy(manifest: dict) -> float | None:
@@ -207,7 +209,7 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     if source is None or len(source) == 0:
         return None
     device = device or next(model.parameters()).device
-    word_start = word_start if word_start is not None else word_start_table(dataset)
+    word_start = word_start if word_start is not None else dataset_word_starts(dataset)
     rows = eval_rows(len(source), max_rows)
     mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
     was_training = model.training
@@ -239,12 +241,6 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
 
     Runs on one process or under torchrun (each rank takes its part; rank 0 gets the same dict as all).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    from spanbert_train.export import ExportError, _checkpoint_model_config, resolve_checkpoint
-    from spanbert_train.model import SpanBertForPreTraining
-
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16 (got {precision!r})")
     try:
@@ -253,8 +249,6 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
         raise ConfigError(str(e)) from None
     where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
     if is_url(where):  # object storage: the shards go through the default local cache (spanbert_train.remote_data)
-        from spanbert_train.remote_data import Storage
-
         data_dir = where
         dataset = Dataset(where, storage=Storage())
     else:
@@ -267,7 +261,7 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
         raise ConfigError(f"{data_dir}: built with another tokenizer than the run's; evaluate on data of the same one")
     d = setup_distributed()
     try:
-        model = SpanBertForPreTraining(_checkpoint_model_config(meta, dataset.vocab_size), kernels="reference")
+        model = SpanBertForPreTraining(checkpoint_model_config(meta, dataset.vocab_size), kernels="reference")
     except ExportError as e:
         raise ConfigError(f"{ckpt}: {e}") from None
     try:
@@ -332,8 +326,6 @@ def evaluate_command(source, data, split, max_rows, micro_batch, precision) -> N
     Prints one JSON object: loss_mlm, loss_sbo (nats), acc_mlm, acc_sbo, rows, targets, and
     acc_mlm_by_span_words (MLM accuracy by the merged span's length in words). Runs under torchrun too.
     """
-    import os
-
     result = evaluate_checkpoint(source, data, split, max_rows, micro_batch, precision)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(result))

@@ -19,7 +19,6 @@ directory is one of our exports, else it keeps its fresh initialisation.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -35,10 +34,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
-from spanbert_data.shards import DatasetError, is_url, load_manifest, location, sha256_file
-from spanbert_data.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenizer
-from spanbert_train import __version__
-from spanbert_train.checkpoint import CheckpointError, latest_good, read_meta
+from spanbert_data import __version__
+from spanbert_data.errors import DatasetError, TokenizerError
+from spanbert_data.layout import MANIFEST
+from spanbert_data.location import Location
+from spanbert_data.shards import load_manifest
+from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from spanbert_train.checkpoint import latest_good, read_meta
+from spanbert_train.errors import CheckpointError, ExportError
 from spanbert_train.heads import SpanBoundaryHead
 from spanbert_train.model import REFERENCE_OPS, ModelConfig, SpanBertForPreTraining
 
@@ -51,10 +54,6 @@ SBO_PREFIX = "cls.sbo."
 IGNORED_PREFIXES = ("cls.seq_relationship.", "bert.pooler.", "bert.embeddings.position_ids")
 # config.json extras that carry the SBO head's shape (HF ignores unknown keys).
 SBO_CONFIG_KEYS = {"spanbert_sbo_position_size": "sbo_position_size", "spanbert_sbo_num_offsets": "sbo_num_offsets"}
-
-
-class ExportError(ValueError):
-    """An export or import that cannot be done; the message names the path and what to do."""
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -153,7 +152,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return found
 
 
-def _checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
+def checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
     """The ModelConfig a checkpoint was trained with, from its meta.json."""
     known = {f.name for f in fields(ModelConfig)}
     if isinstance(meta.get("model_config"), dict):
@@ -172,41 +171,27 @@ def export_checkpoint(source: str | Path, out: str | Path, data: str | Path | No
     """
     ckpt, meta = resolve_checkpoint(source)
     where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
-    if is_url(where):  # a dataset in object storage: its manifest and tokenizer are read from there
-        with _remote_tokenizer(where) as (manifest, tokenizer_file):
-            return _export(ckpt, meta, manifest, tokenizer_file, where, out)
-    data_dir = Path(where)
-    if not (data_dir / "manifest.json").is_file():
-        raise ExportError(f"{data_dir}: the training dataset (for its tokenizer) is not there; pass --data DATASET_DIR")
-    manifest = load_manifest(data_dir)
-    tokenizer_file = data_dir / manifest["tokenizer"].get("file", "tokenizer.json")
-    if not tokenizer_file.is_file() or sha256_file(tokenizer_file) != manifest["tokenizer"].get("sha256"):
-        raise ExportError(  # a swapped tokenizer.json would ship token ids that mean other words
-            f"{tokenizer_file}: missing or not the tokenizer its manifest names; run `spanbert-data verify {data_dir}`"
-        )
-    return _export(ckpt, meta, manifest, tokenizer_file, str(data_dir.resolve()), out)
-
-
-@contextlib.contextmanager
-def _remote_tokenizer(url: str):
-    """(manifest, a local copy of its tokenizer.json, checked against the manifest's hash) of a remote dataset."""
-    remote = location(url)
-    manifest = load_manifest(remote)
+    dataset = Location.of(where)  # a directory, or a URL: its manifest and tokenizer are read from there
+    if dataset.local is not None and not (dataset.local / MANIFEST).is_file():
+        raise ExportError(f"{dataset}: the training dataset (for its tokenizer) is not there; pass --data DATASET_DIR")
+    manifest = load_manifest(dataset)
     name = manifest["tokenizer"].get("file", "tokenizer.json")
-    data = remote.read_bytes(name)
+    data = dataset.read_bytes(name)
     if data is None or hashlib.sha256(data).hexdigest() != manifest["tokenizer"].get("sha256"):
-        raise ExportError(f"{remote / name}: missing or not the tokenizer its manifest names; run "
-                          f"`spanbert-data verify {remote}`")  # fmt: skip
+        raise ExportError(  # a swapped tokenizer.json would ship token ids that mean other words
+            f"{dataset / name}: missing or not the tokenizer its manifest names; run `spanbert-data verify {dataset}`"
+        )
+    provenance = str(dataset.local.resolve()) if dataset.local is not None else where
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.json").write_bytes(data)
-        yield manifest, Path(tmp) / "tokenizer.json"
+        return _export(ckpt, meta, manifest, Path(tmp) / "tokenizer.json", provenance, out)
 
 
 def _export(ckpt: Path, meta: dict, manifest: dict, tokenizer_file: Path, dataset: str, out) -> Path:
     trained_with = meta.get("tokenizer_sha256")
     if trained_with and trained_with != manifest["tokenizer"].get("sha256"):
         raise ExportError(f"{dataset}: its tokenizer is not the one the run was trained with; pass the run's --data")
-    cfg = _checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
+    cfg = checkpoint_model_config(meta, int(manifest["tokenizer"]["vocab_size"]))
     model = SpanBertForPreTraining(cfg, kernels="reference", attention="sdpa")
     try:
         load_model(model, str(ckpt / WEIGHTS), strict=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from spanbert_data.shards import atomic_write_bytes
+from spanbert_data.files import atomic_write_bytes
 from spanbert_train.config import ConfigError
 
 METRICS = "metrics.jsonl"

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spanbert_data.config import SBO_OFFSETS
 from spanbert_train.attention import BACKENDS, build_layout, compute_dtype, packed_attention
 from spanbert_train.batch import Batch
 from spanbert_train.heads import LossParts, PreTrainingHeads
@@ -40,7 +41,7 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02  # std of every Linear and Embedding at init (SPEC §5)
     sbo_position_size: int = 200  # size of the SBO relative-position embedding p (SPEC §3)
-    sbo_num_offsets: int = 15  # SBO targets only for the first 15 tokens of a span (SPEC §3)
+    sbo_num_offsets: int = SBO_OFFSETS  # SBO targets only for the first 15 tokens of a span (SPEC §3)
     pad_token_id: int = 0
 
     @classmethod

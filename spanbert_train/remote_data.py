@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_data.cache import GB, CacheClosed, CacheItem, ShardCache, choose_limit, default_cache_dir
-from spanbert_data.shards import DatasetError
-from spanbert_train.data import RowSource, Shard
+from spanbert_data.errors import DatasetError
+from spanbert_data.location import Location
+from spanbert_train.shard import RowSource, Shard
 from spanbert_train.verify_ahead import VerifyAhead
 
 
@@ -56,13 +57,13 @@ class RemoteShard(Shard):
     """A shard in object storage: opened (size, structure, offsets; see Shard) only once its verified copy is in
     the cache, on first use or ahead of it; `release_after(epoch)` lets go of it and of its memory map."""
 
-    def __init__(self, remote, cache: ShardCache, entry: dict, max_seq_len: int, vocab_size: int | None):
+    def __init__(self, remote: Location, cache: ShardCache, entry: dict, max_seq_len: int, vocab_size: int | None):
         try:
             self.item = CacheItem(remote, entry["path"], int(entry["bytes"]), str(entry["sha256"]))
             self.rows = int(entry["rows"])
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{remote / 'manifest.json'}: shard entry without {e}; rebuild the dataset") from None
-        remote.path(entry["path"])  # refuses a name that leaves the prefix
+        remote.check(entry["path"])  # refuses a name that leaves the prefix
         self.name = self.item.name
         self.path: Path | None = None  # the cached copy, once there
         self.entry, self.max_seq_len, self.vocab_size, self.cache = entry, max_seq_len, vocab_size, cache

@@ -14,6 +14,7 @@ import json
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from spanbert_data.shards import is_url
-from spanbert_train.agree import raise_on_every_rank
+from spanbert_data.location import is_url
 from spanbert_train.checkpoint import (
-    CheckpointError,
     latest_good,
     list_checkpoints,
     load_checkpoint,
@@ -34,17 +33,16 @@ from spanbert_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from spanbert_train.config import ConfigError, TrainConfig
+from spanbert_train.config import TrainConfig
 from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
-from spanbert_train.dist import setup_distributed, shutdown_distributed
-from spanbert_train.evaluate import evaluate_model, unigram_entropy, word_start_table
+from spanbert_train.dist import raise_on_every_rank, setup_distributed, shutdown_distributed
+from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
+from spanbert_train.evaluate import dataset_word_starts, evaluate_model, unigram_entropy
+from spanbert_train.export import load_hf_weights, model_config_from_hf
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler, warmup_steps
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite steps); the message names the step and the way back."""
+from spanbert_train.remote_data import Storage
 
 
 def seed_everything(seed: int) -> None:
@@ -71,8 +69,6 @@ def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
         )
     try:
         if cfg.model.init_from:  # the checkpoint's architecture, not the preset's (issue 6)
-            from spanbert_train.export import model_config_from_hf
-
             mc = model_config_from_hf(cfg.model.init_from, **overrides)
             if mc.vocab_size != dataset.vocab_size:
                 raise ConfigError(
@@ -115,8 +111,6 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         storage = None
         if is_url(cfg.data.path):  # object storage: shards through a local cache (spanbert_train.remote_data)
-            from spanbert_train.remote_data import Storage
-
             storage = Storage.from_config(cfg.data)
         self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify, storage=storage)
         check_batch_geometry(self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
@@ -128,8 +122,6 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"kernels: {e}") from None
         if cfg.model.init_from:  # a resumed run overwrites these weights from its checkpoint below
-            from spanbert_train.export import load_hf_weights
-
             try:
                 self.say(str(load_hf_weights(self.model, cfg.model.init_from, self.dataset.vocab_size)))
             except ValueError as e:
@@ -271,7 +263,7 @@ class Trainer:
         if not self.dataset.valid:
             return None
         if self._word_start is None:
-            self._word_start = word_start_table(self.dataset)
+            self._word_start = dataset_word_starts(self.dataset)
         result = evaluate_model(
             self.model, self.dataset, split="valid", max_rows=self.cfg.eval_rows,
             micro_batch=self.cfg.data.micro_batch, rank=self.dist.rank, world=self.dist.world, device=self.device,
@@ -393,8 +385,6 @@ class Trainer:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # spanbert_train.data imports this module
-    from spanbert_train.data import RowSource, Shard
+from spanbert_train.shard import RowSource, Shard
 
 VALID_CHUNK = 1024  # validation rows checked per gather
 

@@ -8,9 +8,9 @@
 - ``residual_dropout_layernorm(x, bias, residual, ln_weight, ln_bias, p, eps, training)``
   -> ``LayerNorm(dropout(x + bias) + residual)``.
 
-``"reference"`` is plain PyTorch and imports nothing else; ``"triton"`` imports Triton only when asked for, so
-the trainer runs where Triton is not installed. The trainer resolves ``"auto"`` (Triton on CUDA, reference
-elsewhere) and logs its choice (DESIGN §9).
+``"reference"`` is plain PyTorch and imports nothing else; ``"triton"`` imports its kernel modules, and with them
+Triton, only when asked for, so the trainer runs where Triton is not installed. The trainer resolves ``"auto"``
+(Triton on CUDA, reference elsewhere) and logs its choice (DESIGN §9).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .reference import bias_gelu_reference, linear_cross_entropy_reference, residual_dropout_layernorm_reference
 
 KINDS = ("reference", "triton")
 
@@ -42,12 +44,6 @@ def get_ops(kind: str) -> Ops:
             ``TRITON_INTERPRET=1``).
     """
     if kind == "reference":
-        from .reference import (
-            bias_gelu_reference,
-            linear_cross_entropy_reference,
-            residual_dropout_layernorm_reference,
-        )
-
         return Ops(kind, linear_cross_entropy_reference, bias_gelu_reference, residual_dropout_layernorm_reference)
     if kind == "triton":
         if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spanbert_data.build import BuildError, build_dataset
+from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
-from spanbert_data.corpus import CorpusError
+from spanbert_data.errors import BuildError, CorpusError, DatasetError
 from spanbert_data.packing import record_batch_columns
-from spanbert_data.shards import DatasetError, load_manifest, read_arrow_file, verify_dataset
+from spanbert_data.shards import load_manifest, read_arrow_file, verify_dataset
 from spanbert_data.tokenizer import load_tokenizer
 from tests.faults.helpers import dataset_bytes as tree_bytes  # every file; store markers without timings
 

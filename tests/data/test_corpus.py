@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from spanbert_data.corpus import (
-    CorpusError,
-    CorpusStats,
-    Document,
-    list_corpus_files,
-    read_corpus,
-    read_documents,
-)
+from spanbert_data.corpus import CorpusStats, Document, list_corpus_files, read_corpus, read_documents
+from spanbert_data.errors import CorpusError
 from spanbert_data.wikixml import wikitext_to_lines
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -9,18 +9,17 @@ import pytest
 from scipy import stats
 
 from spanbert_data import rng
+from spanbert_data.config import SCHEMES, MaskingConfig
 from spanbert_data.masking import (
-    SCHEMES,
     MaskedBlocks,
-    MaskingConfig,
     _draw_token,
     _guide_table,
     block_budgets,
     mask_blocks,
     replacement_cdf,
     span_length_probs,
-    word_start_table,
 )
+from spanbert_data.tokenizer import word_start_table
 from tests.naive_masking import Stream, mix64, naive_mask_block
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -11,16 +11,18 @@ import pytest
 
 from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
-from spanbert_data.remote import Remote, RemoteError
-from spanbert_data.shards import DatasetError, is_url, load_manifest, location, verify_dataset
+from spanbert_data.errors import DatasetError, RemoteError
+from spanbert_data.location import Location, is_url
+from spanbert_data.remote import Remote
+from spanbert_data.shards import load_manifest, verify_dataset
 from tests.faults.helpers import EXAMPLE, VOCAB, dataset_bytes
 
 
 def test_only_urls_go_through_fsspec():
     assert is_url("s3://bucket/ds") and is_url("gs://b/x") and is_url("memory://x")
     assert not is_url("data/wiki") and not is_url("/abs/path") and not is_url(Path("s3:/x"))
-    assert not is_url("file:///tmp/ds") and location("file:///tmp/ds") == Path("/tmp/ds")
-    assert isinstance(location("data/wiki"), Path)
+    assert not is_url("file:///tmp/ds") and Location.of("file:///tmp/ds").local == Path("/tmp/ds")
+    assert Location.of("data/wiki").local == Path("data/wiki")
 
 
 def test_names_that_leave_the_prefix_are_refused():
@@ -83,7 +85,7 @@ def test_build_verify_and_train_through_memory_filesystem(tmp_path, monkeypatch)
 def test_a_named_work_dir_is_kept_as_a_complete_copy_and_never_emptied(tmp_path, monkeypatch):
     """The default staging directory is removed at the end; a --work-dir the user names is theirs: it ends as a
     complete local dataset, and one holding another build is refused, not emptied."""
-    from spanbert_data.build import BuildError
+    from spanbert_data.errors import BuildError
 
     monkeypatch.setenv("SPANBERT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spanbert_data import rowcheck as rc
+from spanbert_data.config import SBO_OFFSETS
 from spanbert_data.rowcheck import first_bad_row, offsets_problem, scan_rows
 from tests.train.dataset_fixture import _rows
 
@@ -59,7 +60,7 @@ def naive_scan(cols: dict, vocab: int):
             if not (content(left) and content(right) and example[left] == example[p] == example[right]
                     and left < p < right):  # fmt: skip
                 return (r, rc.SBO_BOUNDARY, i, p, left, right)
-            if k > rc.MAX_SBO_OFFSET:
+            if k >= SBO_OFFSETS:
                 return (r, rc.SBO_OFFSET, i, k, 0, 0)
             if not 0 <= label < vocab:
                 return (r, rc.SBO_LABEL, i, label, 0, 0)

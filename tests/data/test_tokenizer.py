@@ -12,7 +12,9 @@ import pytest
 from tokenizers import Tokenizer, models
 
 import spanbert_data.tokenizer as tokmod
-from spanbert_data.tokenizer import TokenizerError, load_tokenizer, set_tokenizer_threads, train_wordpiece
+from spanbert_data.errors import TokenizerError
+from spanbert_data.tokenizer import load_tokenizer, set_tokenizer_threads
+from spanbert_data.vocab import train_wordpiece
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tests" / "assets"

@@ -1,4 +1,4 @@
-"""Input units (spanbert_data/units.py): a file cut into units reads as the same documents as the whole file.
+"""Input units (units.py, unit_reader.py): a file cut into units reads as the same documents as the whole file.
 
 For every format and every way of cutting (byte ranges, bzip2 streams, one reader over an unsplittable
 compressed file), the documents of all units together equal the documents of the file read whole, for
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from spanbert_data.corpus import CorpusStats, read_documents
-from spanbert_data.units import find_boundary, iter_stream_units, plan_sources, unit_documents
+from spanbert_data.unit_reader import find_boundary, iter_stream_units, unit_documents
+from spanbert_data.units import plan_sources
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wiki" / "enwiki-sample.jsonl"
@@ -116,9 +117,9 @@ def test_units_read_the_same_documents_as_the_whole_file(fmt, codec, tmp_path):
 
 def test_plain_text_without_blank_lines_is_cut_at_line_starts(tmp_path, monkeypatch):
     """No document boundary for BOUNDARY_WINDOW bytes: cut at a line start (every line kept, in order)."""
-    import spanbert_data.units as units
+    import spanbert_data.unit_reader as unit_reader
 
-    monkeypatch.setattr(units, "BOUNDARY_WINDOW", 20_000)
+    monkeypatch.setattr(unit_reader, "BOUNDARY_WINDOW", 20_000)
     lines = [f"line {i} {'y' * (i % 97)}" for i in range(3000)]
     path = tmp_path / "one-doc.txt"
     path.write_text("\n".join(lines))

@@ -18,13 +18,20 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from spanbert_data.build import build_dataset, train_vocabulary
+from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
 from spanbert_data.executor import InlineExecutor
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, _bert_pipeline, load_tokenizer
+from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, load_tokenizer
 from spanbert_data.units import Unit, plan_sources
-from spanbert_data.vocab import WordSplitter, count_unit_words, count_words, sample_units, train_from_counts
+from spanbert_data.vocab import (
+    WordSplitter,
+    count_unit_words,
+    count_words,
+    sample_units,
+    train_from_counts,
+    train_vocabulary,
+)
 from tests.data.test_build import tree_bytes
 from tests.data.test_tokenizer import TRICKY, real_lines
 from tests.naive_vocab import naive_vocab
@@ -178,7 +185,7 @@ def test_quality_matches_the_tokenizers_trainer_on_held_out_text():
     held = [line for i, d in enumerate(docs) if i % 10 == 0 for line in d]
     train = [line for i, d in enumerate(docs) if i % 10 for line in d]
     peer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
-    _bert_pipeline(peer, lowercase=False)
+    bert_pipeline(peer, lowercase=False)
     peer.train_from_iterator(train, trainers.WordPieceTrainer(
         vocab_size=8000, min_frequency=2, special_tokens=list(SPECIAL_TOKENS.values()),
         continuing_subword_prefix="##", show_progress=False))  # fmt: skip

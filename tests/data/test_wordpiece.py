@@ -20,7 +20,9 @@ from tokenizers import Tokenizer, normalizers
 
 from spanbert_data import wordpiece_tables
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
-from spanbert_data.tokenizer import TokenizerError, WordPieceTokenizer, load_tokenizer, train_wordpiece
+from spanbert_data.errors import TokenizerError
+from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+from spanbert_data.vocab import train_wordpiece
 from spanbert_data.wordpiece import FastWordPiece, UnsupportedTokenizer, _build_trie, _child, _wordpiece, line_bytes
 from spanbert_data.wordpiece_tables import ROUTE, char_tables
 from spanbert_data.wordsplit import WordSplitter

@@ -104,6 +104,20 @@ def test_twenty_megabyte_single_line_builds(tmp_path):
     assert run([*DATA_CLI, "verify", tmp_path / "out"]).returncode == 0
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--mask-ratio", "2", "masking.mask_ratio must be in (0, 1], got 2.0"),
+    ("--geometric-p", "0", "masking.geometric_p must be in (0, 1], got 0.0"),
+    ("--max-span-words", "0", "masking.max_span_words must be an integer >= 1, got 0"),
+])  # fmt: skip
+def test_bad_masking_option_is_one_line_and_writes_nothing(option, value, says, tmp_path):
+    """A masking option out of range is refused before anything is read or written (no traceback)."""
+    out = tmp_path / "out"
+    done = build(tmp_path, out, option, value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert [line for line in done.stderr.splitlines() if line.startswith("Error:")] == [f"Error: {says}"]
+    assert not out.exists()
+
+
 def test_missing_empty_and_unusable_corpus_are_refused(tmp_path):
     assert_clean_error(build(tmp_path / "missing", tmp_path / "o1"), str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spanbert_data.shards import sha256_file
+from spanbert_data.files import sha256_file
 from spanbert_train.cli import main
 from spanbert_train.export import export_model
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining

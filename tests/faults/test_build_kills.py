@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from spanbert_data.shards import DatasetError, read_arrow_file, sha256_file, verify_dataset
+from spanbert_data.errors import DatasetError
+from spanbert_data.files import sha256_file
+from spanbert_data.shards import read_arrow_file, verify_dataset
 from tests.faults.helpers import DATA_CLI, EXAMPLE, dataset_bytes, run, spawn, split_corpus
 
 # Small units and shards: 6 input files in ~10 units, ~150 shards, so a kill lands among many separate writes.

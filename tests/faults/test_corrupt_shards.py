@@ -25,8 +25,9 @@ import pyarrow as pa
 import pytest
 from safetensors.torch import load_file
 
+from spanbert_data.files import sha256_file
 from spanbert_data.packing import record_batch_columns, rows_to_record_batch
-from spanbert_data.shards import sha256_file, write_arrow_file
+from spanbert_data.shards import write_arrow_file
 from spanbert_train.checkpoint import latest_good
 from spanbert_train.data import epoch_order
 from tests.faults.helpers import TINY_MODEL, assert_clean_error, metrics_rows, run

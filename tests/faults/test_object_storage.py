@@ -26,8 +26,8 @@ import pytest
 moto_server = pytest.importorskip("moto.server")  # the `test` extra installs moto[server] and s3fs
 s3fs = pytest.importorskip("s3fs")
 
-from spanbert_data.remote import Remote, RemoteError  # noqa: E402
-from spanbert_data.shards import DatasetError  # noqa: E402
+from spanbert_data.errors import DatasetError, RemoteError  # noqa: E402
+from spanbert_data.remote import Remote  # noqa: E402
 from tests.faults.helpers import (  # noqa: E402
     DATA_CLI,
     ENV,

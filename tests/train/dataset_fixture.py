@@ -15,8 +15,9 @@ import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
+from spanbert_data.files import atomic_write_json, sha256_file
 from spanbert_data.packing import rows_to_record_batch
-from spanbert_data.shards import atomic_write_json, sha256_file, write_arrow_file
+from spanbert_data.shards import write_arrow_file
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
 FIRST_WORD = 110  # ids below are reserved for specials (BERT layout, SPEC §1)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from spanbert_train.checkpoint import (
-    CheckpointError,
     latest_good,
     list_checkpoints,
     load_checkpoint,
@@ -20,6 +19,7 @@ from spanbert_train.checkpoint import (
     set_rng_state,
 )
 from spanbert_train.config import OptimConfig
+from spanbert_train.errors import CheckpointError
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import build_optimizer, build_scheduler
 

@@ -15,16 +15,17 @@ import torch
 
 from spanbert_train.cli import main
 from spanbert_train.config import DataConfig, ModelSpec, OptimConfig, TrainConfig
-from spanbert_train.data import Dataset, RowSource
+from spanbert_train.data import Dataset
 from spanbert_train.evaluate import (
     SPAN_WORD_BUCKETS,
     Sums,
+    dataset_word_starts,
     eval_rows,
     evaluation_sums,
     span_words,
-    word_start_table,
 )
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
+from spanbert_train.shard import RowSource
 from spanbert_train.train import train
 from tests.train.dataset_fixture import make_dataset
 
@@ -117,7 +118,7 @@ def test_span_word_buckets_agree_with_inspect(tmp_path):
     build_dataset(BuildConfig(corpus=corpus, out=tmp_path / "ds", max_seq_len=128, valid_fraction=0.3,
                               tokenizer=tokenizer, workers=1), log=lambda msg: None)  # fmt: skip
     ds = Dataset(tmp_path / "ds")
-    table = word_start_table(ds)
+    table = dataset_word_starts(ds)
     assert np.array_equal(table, load_tokenizer(tokenizer).word_start)
     cols = RowSource(ds.valid).gather(np.arange(sum(s.rows for s in ds.valid)))
     words = span_words(*cols["mlm_positions"], cols["mlm_labels"][1], table)

@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 from spanbert_data.build import build_dataset  # noqa: E402
 from spanbert_data.config import BuildConfig  # noqa: E402
 from spanbert_train.config import DataConfig, ModelSpec, TrainConfig  # noqa: E402
+from spanbert_train.errors import ExportError  # noqa: E402
 from spanbert_train.export import (  # noqa: E402
-    ExportError,
     export_command,
     export_model,
     load_hf_weights,

@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from spanbert_data.shards import DatasetError
-from spanbert_train.config import ConfigError
-from spanbert_train.data import LIST_COLUMNS, Dataset, RowSource, TrainLoader, epoch_order
+from spanbert_data.errors import DatasetError
+from spanbert_train.data import Dataset, TrainLoader, epoch_order
+from spanbert_train.errors import ConfigError
+from spanbert_train.shard import LIST_COLUMNS, RowSource
 from tests.train.dataset_fixture import make_dataset, rewrite_manifest
 
 
@@ -141,7 +142,7 @@ def _bad_label(root, rel: str, row: int) -> None:
 
     import pyarrow as pa
 
-    from spanbert_data.shards import sha256_file
+    from spanbert_data.files import sha256_file
 
     path = root / rel
     source = pa.memory_map(str(path))

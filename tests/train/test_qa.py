@@ -224,7 +224,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """
     import torch
 
-    from spanbert_data.tokenizer import train_wordpiece
+    from spanbert_data.vocab import train_wordpiece
     from spanbert_train.export import export_model
     from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from spanbert_train.config import DataConfig, ModelSpec, OptimConfig, TrainConfig
+from spanbert_train.errors import TrainingError
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
 from spanbert_train.optim import lr_factor, param_groups, warmup_steps
-from spanbert_train.train import TrainingError, train
+from spanbert_train.train import train
 from tests.train.dataset_fixture import make_dataset
 
 SMALL = {"num_layers": 1, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64}
