@@ -17,6 +17,11 @@ Same run, the cost of the corrupt-data guards (issue 16):
 Same run, a dataset in object storage (issue 15): the stream from a local S3 server (moto, 127.0.0.1) through the
 shard cache, cold (empty) and warm, against the same files read locally.
 
+Same run, two datasets mixed by weight (issue 23): `make_step` of a blend, weights 1,1, of the two halves of the tiled
+dataset (each half a dataset of its own: half of every mask epoch's shards, the same files), against the tiled
+dataset alone: the same rows, in one dataset or two, so that only the mixing differs (a micro-batch touches about
+as many shards either way). Goal ≥ 0.9× its tokens/s.
+
 Without --data it builds a 512-slot dataset from examples/wiki with the test WordPiece vocabulary.
 Writes bench/results/loader.json.
 """
@@ -41,7 +46,7 @@ from spanbert_data.packing import record_batch_columns, rows_to_record_batch  # 
 from spanbert_data.rowcheck import first_bad_row  # noqa: E402
 from spanbert_data.shards import load_manifest, read_arrow_file, write_arrow_file  # noqa: E402
 from spanbert_train.batch import make_batch  # noqa: E402
-from spanbert_train.data import Dataset, TrainLoader, epoch_order  # noqa: E402
+from spanbert_train.data import Dataset, TrainLoader, open_blend  # noqa: E402
 from spanbert_train.shard import LIST_COLUMNS  # noqa: E402
 
 
@@ -55,10 +60,10 @@ def build_example(out: Path) -> Path:
     return out
 
 
-def naive_step(loader: TrainLoader, epoch: int, index: int) -> int:
+def naive_step(loader: TrainLoader, batch: int) -> int:
     """Row-by-row twin of TrainLoader.make_step (the peer)."""
-    source = loader.sources[epoch % len(loader.sources)]
-    rows = loader._order(epoch)[index * loader.G : (index + 1) * loader.G]  # the same memoised order
+    source = loader.source
+    rows = loader.order.rows(batch, batch + 1)[0]  # the same rows, from the same memoised order
     per_rank = loader.G // loader.world
     mine = rows[loader.rank * per_rank : (loader.rank + 1) * per_rank]
     tokens = 0
@@ -139,6 +144,54 @@ def stream(data, verify: str, gbs: int, micro: int, world: int, steps: int, stor
             "tokens_per_s_with_first_step": tokens / (elapsed + first)}  # fmt: skip
 
 
+BLEND_ROUNDS = 9  # alternating rounds of the blend comparison
+
+
+def split_dataset(src: Path, dst: Path, part: int, parts: int) -> Path:
+    """Dataset `part` of `parts` of `src`: the `part`-th contiguous share of every mask epoch's shards, hard-linked (the
+    same files), with the same tokenizer and no validation shards."""
+    manifest = load_manifest(src)
+    train = []
+    for epoch in range(manifest["mask_epochs"]):
+        shards = [e for e in manifest["shards"]["train"] if e["epoch"] == epoch]
+        train += np.array_split(np.array(shards, dtype=object), parts)[part].tolist()
+    for entry in train:
+        (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        os.link(src / entry["path"], dst / entry["path"])
+    shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
+    atomic_write_json(dst / "manifest.json", {**manifest, "shards": {"train": train, "valid": []}})
+    return dst
+
+
+def blend_steps(tiled: Path, tmp: Path, args) -> dict:
+    """make_step of a blend of the two halves of `tiled` (weights 1,1) against `tiled` alone, in alternating rounds of
+    the same steps: tokens/s of each (rank 0 of args.world)."""
+    halves = [split_dataset(tiled, tmp / f"half-{i}", i, 2) for i in range(2)]
+    loaders = {"alone": TrainLoader(Dataset(tiled), args.global_batch, args.micro_batch, 0, args.world, seed=0),
+               "blend": TrainLoader(open_blend(halves, [1, 1]), args.global_batch, args.micro_batch, 0, args.world,
+                                    seed=0)}  # fmt: skip
+    for loader in loaders.values():  # every shard these steps touch hashed, and its pages read, before any timing
+        for i in range(args.steps):
+            loader.make_step(i)
+
+    def rate(loader: TrainLoader) -> float:
+        tokens, t0 = 0, time.perf_counter()
+        for i in range(args.steps):
+            tokens += sum(b.num_tokens for b in loader.make_step(i).micro_batches)
+        return tokens / (time.perf_counter() - t0)
+
+    rates = {"alone": [], "blend": []}
+    for _ in range(BLEND_ROUNDS):  # pairs of rounds back to back: load drifting over time hits both alike
+        for name, loader in loaders.items():
+            rates[name].append(rate(loader))
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    paired = [b / a for a, b in zip(rates["alone"], rates["blend"], strict=True)]
+    return {"tokens_per_s": median, "rounds": rates, "weights": [1, 1], "steps": args.steps,
+            "shards_per_mask_epoch": {"alone": args.tile_shards, "each half": args.tile_shards // 2},
+            "ratio": statistics.median(paired), "ratio_of_medians": median["blend"] / median["alone"],
+            "ratio_of_best": max(rates["blend"]) / max(rates["alone"])}  # fmt: skip
+
+
 def remote_streams(tiled: Path, tmp: Path, args) -> dict:
     """The same stream from a local S3 server (moto's ThreadedMotoServer on 127.0.0.1, objects in this process):
     a cold cache (empty: the first step waits for the shards it touches, the rest of the epochs download behind
@@ -205,19 +258,18 @@ def main() -> None:
         gbs = min(args.global_batch, ds.rows(0) // (args.micro_batch * args.world) * args.micro_batch * args.world)
         loader = TrainLoader(ds, gbs, args.micro_batch, 0, args.world, seed=0)
         unchecked = TrainLoader(ds, gbs, args.micro_batch, 0, args.world, seed=0, check_rows=False)
-        n = loader.batches_per_epoch(0)
+        n = loader.order.streams[0].batches(0)
         for i in range(n):  # every shard hashed and the kernels compiled before anything is timed
-            loader.make_step(0, i)
-        ours, tokens = timed(lambda i: sum(b.num_tokens for b in loader.make_step(0, i % n).micro_batches),
-                             args.steps)  # fmt: skip
-        bare, _ = timed(lambda i: sum(b.num_tokens for b in unchecked.make_step(0, i % n).micro_batches), args.steps)
-        ours2, _ = timed(lambda i: sum(b.num_tokens for b in loader.make_step(0, i % n).micro_batches), args.steps)
-        bare2, _ = timed(lambda i: sum(b.num_tokens for b in unchecked.make_step(0, i % n).micro_batches), args.steps)
+            loader.make_step(i)
+        ours, tokens = timed(lambda i: sum(b.num_tokens for b in loader.make_step(i % n).micro_batches), args.steps)
+        bare, _ = timed(lambda i: sum(b.num_tokens for b in unchecked.make_step(i % n).micro_batches), args.steps)
+        ours2, _ = timed(lambda i: sum(b.num_tokens for b in loader.make_step(i % n).micro_batches), args.steps)
+        bare2, _ = timed(lambda i: sum(b.num_tokens for b in unchecked.make_step(i % n).micro_batches), args.steps)
         ours, bare = ours + ours2, bare + bare2  # interleaved halves: load drifting over time hits both alike
-        peer, peer_tokens = timed(lambda i: naive_step(loader, 0, i % n), max(3, args.steps // 4))
+        peer, peer_tokens = timed(lambda i: naive_step(loader, i % n), max(3, args.steps // 4))
         # The row checks alone, on the same micro-batches (the difference of two noisy timings is less precise).
-        cols = [loader.sources[0].gather(r, check=False) for r in np.array_split(epoch_order(0, 0, ds.rows(0))[:gbs],
-                                                                               gbs // args.micro_batch)]  # fmt: skip
+        cols = [loader.source.gather(r, check=False) for r in np.array_split(loader.order.rows(0, 1)[0],
+                                                                             gbs // args.micro_batch)]  # fmt: skip
         def check_step(i: int) -> int:
             for c in cols:
                 assert first_bad_row(c, ds.vocab_size) is None
@@ -236,6 +288,7 @@ def main() -> None:
                                          args.stream_steps))  # fmt: skip
         tiled_mb = sum(p.stat().st_size for p in tiled.rglob("*.arrow")) / 1e6
         tiled_tokens = sum(int(s.row_tokens.sum()) for shards in Dataset(tiled, "size").epochs for s in shards)
+        blend = blend_steps(tiled, Path(tmp), args)
         remote = remote_streams(tiled, Path(tmp), args) if args.remote else None
 
     assert tokens > 0 and peer_tokens > 0
@@ -270,6 +323,12 @@ def main() -> None:
           f"{1e3 / hash_rate:.2f} s per GB of shards a rank reads, spent by the verifier thread ahead of need")
     print(f"hashing a token's {bytes_per_token:.1f} shard bytes takes {100 * hash_share:.1f}% of the CPU time of "
           f"building its batch (size mode), on the verifier's own thread")
+    print(f"\ntwo datasets mixed 1,1 (issue 23): the tiled dataset's halves ({args.tile_shards // 2} shards per mask "
+          f"epoch each) {blend['tokens_per_s']['blend']:,.0f} tokens/s against {blend['tokens_per_s']['alone']:,.0f} "
+          f"for the tiled dataset alone (make_step, medians of {BLEND_ROUNDS} alternating rounds of {args.steps} steps)"
+          f": {blend['ratio']:.3f}x, the median of the rounds' ratios (of the medians "
+          f"{blend['ratio_of_medians']:.3f}x, of the best rounds {blend['ratio_of_best']:.3f}x; goal >= 0.9: "
+          f"{'met' if blend['ratio'] >= 0.9 else 'NOT met'})")
     if remote is not None:
         med = {mode: sorted(r, key=lambda x: x["tokens_per_s"])[len(r) // 2] for mode, r in remote["runs"].items()}
         print(f"\nremote (s3:// from moto on 127.0.0.1; upload of the {tiled_mb:,.0f} MB took "
@@ -293,7 +352,7 @@ def main() -> None:
                    "global_batch": args.global_batch, "steps": args.stream_steps, "runs": runs,
                    "sha256_over_size_tokens_per_s": ratio, "sha256_mb_per_s_one_thread": hash_rate,
                    "shard_bytes_per_token": bytes_per_token, "hash_cpu_share_of_loader": hash_share},
-        "remote": remote,
+        "remote": remote, "blend": blend,
         "load_average_1min": os.getloadavg()[0],
     }  # fmt: skip
     print(f"wrote {write_result('loader', result)}")

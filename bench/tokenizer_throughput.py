@@ -1,4 +1,4 @@
-"""WordPieceTokenizer.encode_lines (ids as NumPy) against plain tokenizers `encode_batch` on the same text.
+"""SubwordTokenizer.encode_lines (ids as NumPy) against plain tokenizers `encode_batch` on the same text.
 
 encode_lines must cost little beyond the tokenizer itself (DESIGN §9: the tokenizer is the pipeline's
 limit). The peer is `Tokenizer.encode_batch` returning Encoding objects, no NumPy at all; the runs are

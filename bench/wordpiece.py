@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.wordpiece [--mb 20] [--repeats 3] [--corpus FILE_OR_DIR] [--tokenizer PATH]
 
-1. Encoding: tokens/s and MB/s of ours (`WordPieceTokenizer.encode_lines`, flat NumPy ids + counts) and
+1. Encoding: tokens/s and MB/s of ours (`SubwordTokenizer.encode_lines`, flat NumPy ids + counts) and
    of `tokenizers.Tokenizer.encode_batch_fast` (Encoding objects only, its cheapest output), with one
    thread each and with all cores each. Every configuration runs in a fresh process (Rayon reads
    RAYON_NUM_THREADS once per process), on batches of 32768 lines as in pass 1, after a warm-up batch;

@@ -30,7 +30,7 @@ from spanbert_data.progress import Progress, stderr
 from spanbert_data.rng import splitmix64
 from spanbert_data.rows import RowContext, TokenStore, build_shard, plan_shards
 from spanbert_data.store import build_unit, unit_is_complete
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from spanbert_data.unit_reader import iter_stream_units
 from spanbert_data.units import COMPRESSION_RATIO, Source, Unit, plan_sources
 from spanbert_data.vocab import train_vocabulary
@@ -77,6 +77,10 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
     out = output.work
     tokenizer = _ensure_tokenizer(cfg, out, sources, root, executor, log)
     tokenizer.set_encoder(cfg.encoder)  # TokenizerError when --encoder fast cannot be exact
+    if tokenizer.words.kind == "line" and cfg.masking.scheme != "subword":
+        raise BuildError(f"{cfg.tokenizer}: {tokenizer.words.note.removeprefix('words: ')}, so it has no words for "
+                         f"--scheme {cfg.masking.scheme}; give it a pre-tokenizer that splits words (Metaspace with "
+                         "split true, ByteLevel) or build with --scheme subword")  # fmt: skip
     plan["tokenizer_sha256"] = tokenizer.sha256
     if previous is not None and previous.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise BuildError(f"{out}: an earlier run used another tokenizer; use a new --out")
@@ -88,7 +92,8 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
     output.put(TOKENIZER_FILE)
 
     log(tokenizer.encoder_note)
-    markers = _pass1(cfg, output, root, sources, executor, log)
+    log(tokenizer.words.note)
+    markers = _pass1(cfg, output, root, sources, executor, tokenizer.special_ids, log)
     corpus = listing
     for m in markers:
         corpus.merge(CorpusStats.from_dict(m["corpus"]))
@@ -144,7 +149,7 @@ def _build(cfg: BuildConfig, output: BuildOutput, root: Path, files: list[Path],
 
 
 def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: Path, executor: Executor,
-                      log) -> WordPieceTokenizer:  # fmt: skip
+                      log) -> SubwordTokenizer:  # fmt: skip
     """Load the given tokenizer, reuse the one an interrupted run saved, or train one (SPEC §1); writes nothing."""
     target = out / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -152,14 +157,15 @@ def _ensure_tokenizer(cfg: BuildConfig, out: Path, sources: list[Source], root: 
     elif target.is_file():
         return load_tokenizer(target)
     else:
-        tokenizer, _ = train_vocabulary(root, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log)
-    if target.is_file() and load_tokenizer(target).sha256 != tokenizer.sha256:
+        tokenizer, _ = train_vocabulary(root, sources, cfg.vocab_size, cfg.vocab_sample_bytes, executor, log,
+                                        cfg.vocab_model)  # fmt: skip
+    if target.is_file() and sha256_file(target) != tokenizer.sha256:
         raise BuildError(f"{target}: an earlier run used another tokenizer; use a new --out")
     return tokenizer  # the caller saves it, after build.json
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-_WORKER_TOKENIZER: tuple[bytes, str, WordPieceTokenizer] | None = None  # (file bytes, encoder, tokenizer)
+_WORKER_TOKENIZER: tuple[bytes, str, dict | None, SubwordTokenizer] | None = None  # file, encoder, roles, tokenizer
 
 
 def _check_visible(out: Path) -> None:
@@ -171,16 +177,18 @@ def _check_visible(out: Path) -> None:
         )
 
 
-def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto") -> dict:
+def _pass1_task(out: Path, root: Path, unit: Unit, max_content: int, encoder: str = "auto",
+                roles: dict | None = None) -> dict:  # fmt: skip
     global _WORKER_TOKENIZER
     _check_visible(out)
     prepare_task_process()
     data = (out / TOKENIZER_FILE).read_bytes()
-    # Reused across tasks of one process, but only for the same file and encoder: an in-process build
-    # (--workers 1) may follow another build with another tokenizer.
-    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:2] != (data, encoder):
-        _WORKER_TOKENIZER = (data, encoder, load_tokenizer(out / TOKENIZER_FILE, encoder))
-    return build_unit(out, root, unit, _WORKER_TOKENIZER[2], max_content)
+    # Reused across tasks of one process, but only for the same file, encoder and roles: an in-process build
+    # (--workers 1) may follow another build with another tokenizer. The roles come from the driver, which may
+    # have read them from a transformers folder's config beside the tokenizer.json.
+    if _WORKER_TOKENIZER is None or _WORKER_TOKENIZER[:3] != (data, encoder, roles):
+        _WORKER_TOKENIZER = (data, encoder, roles, load_tokenizer(out / TOKENIZER_FILE, encoder, roles))
+    return build_unit(out, root, unit, _WORKER_TOKENIZER[3], max_content)
 
 
 def _pass2_task(ctx: RowContext, plan) -> dict:
@@ -190,7 +198,7 @@ def _pass2_task(ctx: RowContext, plan) -> dict:
 
 
 def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Source], executor: Executor,
-           log) -> list[dict]:  # fmt: skip
+           roles: dict, log) -> list[dict]:  # fmt: skip
     """Run pass 1 over every unit not yet complete; return the markers of all units in unit order."""
     out = output.work
     base = root if root.is_dir() else root.parent
@@ -219,7 +227,7 @@ def _pass1(cfg: BuildConfig, output: BuildOutput, root: Path, sources: list[Sour
                     continue
                 if piece is not None:
                     atomic_write_bytes(out / unit.work_file, piece.data)
-                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content, cfg.encoder)
+                yield f"{prefix}-{unit.key}", (out, root, unit, cfg.max_content, cfg.encoder, roles)
 
     def done(key, args, marker) -> None:
         unit = args[2]

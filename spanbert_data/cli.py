@@ -13,7 +13,16 @@ from pathlib import Path
 import click
 
 from spanbert_data.build import build_dataset
-from spanbert_data.config import ENCODERS, REPLACEMENTS, SCHEMES, BuildConfig, MaskingConfig, MiB, field_docs
+from spanbert_data.config import (
+    ENCODERS,
+    REPLACEMENTS,
+    SCHEMES,
+    VOCAB_MODELS,
+    BuildConfig,
+    MaskingConfig,
+    MiB,
+    field_docs,
+)
 from spanbert_data.errors import BuildError, CorpusError, DatasetError, TokenizerError
 from spanbert_data.inspect import dataset_stats, show_examples
 from spanbert_data.location import Location, is_url
@@ -93,6 +102,7 @@ SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
 @config_option("--out", field="out", required=True)
 @config_option("--tokenizer", field="tokenizer", type=click.Path(path_type=Path))
 @VOCAB_SIZE
+@config_option("--vocab-model", field="vocab_model", type=click.Choice(VOCAB_MODELS))
 @VOCAB_SAMPLE_MB
 @WORKERS
 @SCHEDULER
@@ -111,18 +121,18 @@ SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
 @config_option("--work-dir", field="work_dir", type=click.Path(path_type=Path))
 @STORAGE_OPTIONS
 @user_errors
-def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, scheduler, encoder, max_seq_len, seed,
-          mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
+def build(corpus, out, tokenizer, vocab_size, vocab_model, vocab_sample_mb, workers, scheduler, encoder, max_seq_len,
+          seed, mask_epochs, valid_fraction, rows_per_shard, unit_mb, scheme, mask_ratio, geometric_p, max_span_words,
           replacement, work_dir, storage_options):  # fmt: skip
     """Build (or resume) a dataset: tokenize, block, mask, pack, write shards + manifest."""
     out = out if is_url(out) else Path(out)
     try:  # MaskingConfig checks its fields as it is made
         masking = MaskingConfig(scheme=scheme, mask_ratio=mask_ratio, geometric_p=geometric_p,
                                 max_span_words=max_span_words, replacement=replacement)  # fmt: skip
-        cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, work_dir=work_dir,
-                          vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers, scheduler=scheduler,
-                          encoder=encoder, max_seq_len=max_seq_len, seed=seed, mask_epochs=mask_epochs,
-                          valid_fraction=valid_fraction, rows_per_shard=rows_per_shard,
+        cfg = BuildConfig(corpus=corpus, out=out, tokenizer=tokenizer, vocab_size=vocab_size, vocab_model=vocab_model,
+                          work_dir=work_dir, vocab_sample_bytes=int(vocab_sample_mb * MiB), workers=workers,
+                          scheduler=scheduler, encoder=encoder, max_seq_len=max_seq_len, seed=seed,
+                          mask_epochs=mask_epochs, valid_fraction=valid_fraction, rows_per_shard=rows_per_shard,
                           unit_bytes=int(unit_mb * MiB), masking=masking)  # fmt: skip
         cfg.validate()
     except ValueError as e:
@@ -134,18 +144,22 @@ def build(corpus, out, tokenizer, vocab_size, vocab_sample_mb, workers, schedule
 @main.command()
 @CORPUS
 @VOCAB_SIZE
+@config_option("--model", "vocab_model", field="vocab_model", type=click.Choice(VOCAB_MODELS))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="tokenizer.json to write.")
 @VOCAB_SAMPLE_MB
 @UNIT_MB
 @WORKERS
 @SCHEDULER
 @user_errors
-def vocab(corpus, vocab_size, out, vocab_sample_mb, unit_mb, workers, scheduler):
-    """Train a cased BERT WordPiece vocabulary on a corpus (SPEC §1): the same file `build` would train."""
-    if vocab_size < 100 or vocab_sample_mb < 0 or unit_mb <= 0 or (workers is not None and workers < 1):
-        raise click.UsageError("need --vocab-size >= 100, --vocab-sample-mb >= 0, --unit-mb > 0 and --workers >= 1")
+def vocab(corpus, vocab_size, vocab_model, out, vocab_sample_mb, unit_mb, workers, scheduler):
+    """Train a cased BERT WordPiece (or --model bpe: a byte-level BPE) vocabulary on a corpus (SPEC §1): the same
+    file `build` would train."""
+    least = 262 if vocab_model == "bpe" else 100
+    if vocab_size < least or vocab_sample_mb < 0 or unit_mb <= 0 or (workers is not None and workers < 1):
+        raise click.UsageError(f"need --vocab-size >= {least}, --vocab-sample-mb >= 0, --unit-mb > 0 and "
+                               "--workers >= 1")
     tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * MiB), int(unit_mb * MiB), workers,
-                                  scheduler, log=lambda m: click.echo(m, err=True))  # fmt: skip
+                                  scheduler, log=lambda m: click.echo(m, err=True), model=vocab_model)  # fmt: skip
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if info["documents"] == 0:

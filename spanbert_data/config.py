@@ -14,6 +14,7 @@ MiB = 1 << 20
 # else `tokenizers`; "fast": the compiled encoder or a TokenizerError; "hf": always `tokenizers`. The ids never differ.
 ENCODERS = ("auto", "fast", "hf")
 SCHEMES = ("span", "subword", "whole-word")
+VOCAB_MODELS = ("wordpiece", "bpe")  # what `vocab` and `build` without --tokenizer train (vocab.py, bpe_vocab.py)
 REPLACEMENTS = ("unigram", "uniform")
 # SPEC §3: SBO targets for the first 15 tokens of a merged span, k = 0..14; the shard column sbo_offsets
 # (docs/FORMAT.md), the row checks and the model's position table hold no more.
@@ -112,9 +113,12 @@ class BuildConfig:
     """Dataset directory to write or resume (one holding an earlier build with the same options), or a URL:
     s3://BUCKET/PREFIX, gs://…, any fsspec URL (built in `work_dir` and uploaded, spanbert_data/output.py)."""
     tokenizer: Path | None = None
-    """HF tokenizer.json or BERT vocab.txt (default: train a cased WordPiece on the corpus, SPEC §1)."""
+    """HF tokenizer.json (WordPiece, BPE or Unigram), a transformers tokenizer folder or a BERT vocab.txt (default:
+    train one on the corpus, SPEC §1)."""
     vocab_size: int = 28996
     """Vocabulary size when training one (BERT-cased size)."""
+    vocab_model: str = "wordpiece"
+    """The vocabulary trained without --tokenizer: a cased BERT WordPiece, or a byte-level BPE (RoBERTa-style)."""
     vocab_sample_bytes: int = 1024 * MiB
     """Train the vocabulary on about this much of the input (whole units chosen by hash, docs/FORMAT.md); 0 = all
     of it."""
@@ -161,6 +165,10 @@ class BuildConfig:
             raise ValueError("rows_per_shard must be >= 1")
         if self.vocab_size < 100:
             raise ValueError("vocab_size must be >= 100")
+        if self.vocab_model not in VOCAB_MODELS:
+            raise ValueError(f"vocab_model must be one of {', '.join(VOCAB_MODELS)}")
+        if self.vocab_model == "bpe" and self.vocab_size <= 261:
+            raise ValueError("vocab_size must be > 261 for a byte-level BPE (5 specials and 256 bytes)")
         if self.vocab_sample_bytes < 0:
             raise ValueError("vocab_sample_bytes must be >= 0")
         if self.unit_bytes < 1:
@@ -177,4 +185,6 @@ class BuildConfig:
         for key in ("corpus", "out", "workers", "scheduler", "encoder", "tokenizer", "work_dir"):
             d.pop(key)
         d["masking"] = self.masking.to_dict()
+        if self.vocab_model == "wordpiece":  # recorded only when not the default: earlier builds still resume
+            d.pop("vocab_model")
         return d

@@ -13,7 +13,8 @@ from spanbert_data.errors import DatasetError
 from spanbert_data.location import Location
 from spanbert_data.packing import record_batch_columns, rows_lower_bound
 from spanbert_data.shards import load_manifest, read_arrow_file
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
+from spanbert_data.words import target_word_starts
 
 KIND_NAMES = ("mask", "random", "keep")
 
@@ -42,17 +43,18 @@ class _Reader:
             self.cache.limit = choose_limit(self.cache.dir, self.cache.usage(), max(sizes, default=0), sum(sizes),
                                             None, f"inspecting {self.root}")  # fmt: skip
 
-    def tokenizer(self) -> WordPieceTokenizer:
+    def tokenizer(self) -> SubwordTokenizer:
         entry = self.manifest["tokenizer"]
+        roles = entry.get("special_ids")  # the build's roles (a transformers folder's config may have named them)
         if self.root.local is not None:
-            return load_tokenizer(self.root.local / entry["file"])
+            return load_tokenizer(self.root.local / entry["file"], roles=roles)
         data = self.root.read_bytes(entry["file"])
         if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise DatasetError(f"{self.root / entry['file']}: missing or not the tokenizer the manifest names; "
                                f"run `spanbert-data verify {self.root}`")  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "tokenizer.json").write_bytes(data)
-            return load_tokenizer(Path(tmp) / "tokenizer.json")
+            return load_tokenizer(Path(tmp) / "tokenizer.json", roles=roles)
 
     def columns(self, entry: dict, then: dict | None = None) -> dict:
         """The columns of shard `entry`; a remote reader starts downloading the next one (`then`) meanwhile."""
@@ -116,7 +118,7 @@ def _stats(reader: _Reader, manifest: dict, shards: list[dict], split: str, max_
         labels = cols["mlm_labels"][1].astype(np.int64)
         starts, lengths = _spans(pos_off, pos)
         span_tokens.append(lengths)
-        is_start = tok.word_start[labels]
+        is_start = target_word_starts(cols, tok.word_start)
         words = np.add.reduceat(is_start.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
         words += ~is_start[starts]  # a span beginning inside a word still covers (part of) that word
         span_words.append(words)
@@ -161,7 +163,10 @@ def _hist(values: np.ndarray, edges: list[int]) -> dict:
         for lo, hi, n in zip(edges[:-1], edges[1:], c, strict=True) if n}
 
 
-def detokenize(tok: WordPieceTokenizer, ids) -> str:
+def detokenize(tok: SubwordTokenizer, ids) -> str:
+    """Text of ids: WordPiece pieces joined (a space between words), any other family through its decoder."""
+    if tok.words.kind != "wordpiece":
+        return tok.decode(ids)
     out = []
     for i in ids:
         t = tok.id_to_token(int(i))
@@ -206,24 +211,39 @@ def show_examples(root: str | Path, n: int = 3) -> str:
     return "\n".join(lines)
 
 
+def _texts(tok, ids, bounds: list[int]) -> list[str]:
+    """The text of ids[bounds[k]:bounds[k+1]] for each k. WordPiece: each run on its own (joined with spaces later);
+    any other family: differences of decoded prefixes, so that a run's leading space and the decoder's handling of
+    the text's start come out as in the whole text (a run split inside a character is decoded on its own)."""
+    if tok.words.kind == "wordpiece":
+        return [detokenize(tok, ids[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    texts, before = [], ""
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        upto = tok.decode(ids[bounds[0] : b])
+        texts.append(upto[len(before) :] if upto.startswith(before) else tok.decode(ids[a:b]))
+        before = upto
+    return texts
+
+
 def _render(tok, original, shown, lo, hi, masked_at, mask_id) -> str:
-    pieces, s = [], lo
-    while s < hi:
-        if s not in masked_at:
-            e = s
-            while e < hi and e not in masked_at:
-                e += 1
-            pieces.append(detokenize(tok, original[s:e]))
-        else:
-            e = s
-            while e < hi and e in masked_at:
-                e += 1
-            text = detokenize(tok, original[s:e])
-            if (shown[s:e] == mask_id).all():
-                pieces.append(f"«{text}»")
-            elif (shown[s:e] == original[s:e]).all():
-                pieces.append(f"«{text}|kept»")
-            else:
-                pieces.append(f"«{text}|random: {detokenize(tok, shown[s:e])}»")
+    bounds, s = [lo], lo
+    while s < hi:  # runs of unmasked and of masked slots
+        e = s
+        while e < hi and (e in masked_at) == (s in masked_at):
+            e += 1
+        bounds.append(e)
         s = e
-    return " ".join(p for p in pieces if p)
+    pieces = []
+    for (s, e), text in zip(zip(bounds, bounds[1:], strict=False), _texts(tok, original, bounds), strict=True):
+        if s not in masked_at:
+            pieces.append(text)
+            continue
+        lead = text[: len(text) - len(text.lstrip())]  # a byte-level run's space stays outside the marks
+        text = text.lstrip()
+        if (shown[s:e] == mask_id).all():
+            pieces.append(f"{lead}«{text}»")
+        elif (shown[s:e] == original[s:e]).all():
+            pieces.append(f"{lead}«{text}|kept»")
+        else:
+            pieces.append(f"{lead}«{text}|random: {detokenize(tok, shown[s:e]).strip()}»")
+    return (" " if tok.words.kind == "wordpiece" else "").join(p for p in pieces if p)

@@ -46,6 +46,7 @@ class MaskedBlocks:
     mlm_positions: np.ndarray  # int32, ascending within a block
     mlm_labels: np.ndarray  # original token ids (dtype of tokens)
     mlm_kind: np.ndarray  # uint8 per MLM target: 0 = [MASK], 1 = random, 2 = kept
+    mlm_word_starts: np.ndarray  # bool per MLM target: its original token starts a word
     sbo_offsets: np.ndarray  # int64[n_blocks+1]
     sbo_positions: np.ndarray  # int32, ascending within a block (a subset of mlm_positions)
     sbo_left: np.ndarray  # int32 left outside boundary s-1 of the target's merged span
@@ -110,7 +111,7 @@ def block_budgets(lengths: np.ndarray, mask_ratio: float) -> np.ndarray:
 
 
 @njit(cache=True)
-def _select_span(tok, n, word_start, budget, len_cdf, state, masked, drawn, nd, diagnostics):
+def _select_span(ws, n, budget, len_cdf, state, masked, drawn, nd, diagnostics):
     """SPEC §2 loop: draw ℓ and an anchor; skip a masked anchor; else mask ℓ whole words from the
     anchor's word start, stopping at the block end or the moment the budget is reached."""
     count = 0
@@ -127,7 +128,7 @@ def _select_span(tok, n, word_start, budget, len_cdf, state, masked, drawn, nd, 
             drawn[nd] = length
             nd += 1
         i = anchor
-        while i > 0 and not word_start[tok[i]]:
+        while i > 0 and not ws[i]:
             i -= 1
         words_left = length
         while True:
@@ -139,7 +140,7 @@ def _select_span(tok, n, word_start, budget, len_cdf, state, masked, drawn, nd, 
             i += 1
             if i == n:
                 break
-            if word_start[tok[i]]:
+            if ws[i]:
                 words_left -= 1
                 if words_left == 0:
                     break
@@ -160,7 +161,7 @@ def _select_subword(n, budget, state, masked, perm):
 
 
 @njit(cache=True)
-def _select_whole_word(tok, n, word_start, budget, state, masked, perm):
+def _select_whole_word(ws, n, budget, state, masked, perm):
     """Whole words in uniformly random order (partial Fisher–Yates over word starts) until the
     budget; the last word is cut there, keeping its first tokens."""
     if budget == 0:  # an empty block
@@ -169,7 +170,7 @@ def _select_whole_word(tok, n, word_start, budget, state, masked, perm):
     n_words = 1
     for i in range(1, n):  # branch-free: "##" tokens are frequent and unpredictable
         perm[n_words] = i
-        n_words += word_start[tok[i]]
+        n_words += ws[i]
     count = 0
     for w in range(n_words):
         state, u = next_uniform(state)
@@ -180,7 +181,7 @@ def _select_whole_word(tok, n, word_start, budget, state, masked, perm):
             masked[i] = True
             count += 1
             i += 1
-            if count == budget or i == n or word_start[tok[i]]:
+            if count == budget or i == n or ws[i]:
                 break
         if count == budget:
             break
@@ -213,7 +214,7 @@ def _draw_token(cdf, guide, u):
 
 
 @njit(cache=True)
-def _mask_kernel(tokens, offsets, budgets, block_keys, word_start, len_cdf, cdf, guide, mask_id, scheme, p_mask,
+def _mask_kernel(tokens, offsets, budgets, block_keys, word_starts, len_cdf, cdf, guide, mask_id, scheme, p_mask,
                  p_random, max_sbo, seed, epoch, diagnostics, capacity, max_len):
     n_blocks = offsets.shape[0] - 1
     out_ids = tokens.copy()
@@ -242,16 +243,17 @@ def _mask_kernel(tokens, offsets, budgets, block_keys, word_start, len_cdf, cdf,
         lo = offsets[b]
         n = offsets[b + 1] - lo
         tok = tokens[lo : lo + n]
+        ws = word_starts[lo : lo + n]
         out = out_ids[lo : lo + n]
         budget = budgets[b]
         state = stream_key(seed, epoch, np.uint64(block_keys[b]))
         masked[:n] = False
         if scheme == 0:
-            state, nd = _select_span(tok, n, word_start, budget, len_cdf, state, masked, drawn, nd, diagnostics)
+            state, nd = _select_span(ws, n, budget, len_cdf, state, masked, drawn, nd, diagnostics)
         elif scheme == 1:
             state = _select_subword(n, budget, state, masked, perm)
         else:
-            state = _select_whole_word(tok, n, word_start, budget, state, masked, perm)
+            state = _select_whole_word(ws, n, budget, state, masked, perm)
 
         # One ascending pass: 80/10/10 per decision unit, MLM targets, merged spans and their SBO targets.
         kind = 0
@@ -261,7 +263,7 @@ def _mask_kernel(tokens, offsets, budgets, block_keys, word_start, len_cdf, cdf,
             if not masked[i]:
                 continue
             starts_run = i == 0 or not masked[i - 1]
-            if starts_run or scheme == 1 or (scheme == 2 and word_start[tok[i]]):
+            if starts_run or scheme == 1 or (scheme == 2 and ws[i]):
                 state, u = next_uniform(state)
                 kind = KIND_MASK if u < p_mask else (KIND_RANDOM if u < p_mask_or_random else KIND_KEEP)
             if kind == KIND_MASK:
@@ -300,7 +302,7 @@ def _mask_kernel(tokens, offsets, budgets, block_keys, word_start, len_cdf, cdf,
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, epoch) -> None:
+def _check_inputs(tokens, offsets, block_keys, word_starts, cdf, mask_id, seed, epoch) -> None:
     if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.int32, np.int64):
         raise ValueError(f"tokens must be a flat uint16/int32/int64 array, got {tokens.dtype} shape {tokens.shape}")
     if offsets.ndim != 1 or offsets.dtype != np.int64 or offsets.size < 1:
@@ -311,11 +313,12 @@ def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, e
         raise ValueError(f"block_keys must be int64[{offsets.size - 1}] (one global block index per block)")
     if block_keys.size and block_keys.min() < 0:
         raise ValueError("block_keys must be non-negative global block indices")
-    vocab = word_start.size
-    if word_start.ndim != 1 or word_start.dtype != np.bool_ or vocab == 0:
-        raise ValueError("word_start must be a 1-D bool array over the vocab (tokenizer.word_start_table)")
-    if cdf.shape != (vocab,) or cdf.dtype != np.float64:
-        raise ValueError(f"cdf must be float64[{vocab}] (see replacement_cdf), got {cdf.dtype} shape {cdf.shape}")
+    if word_starts.shape != tokens.shape or word_starts.dtype != np.bool_:
+        raise ValueError(f"word_starts must be a bool array with one flag per token ({tokens.size}), got "
+                         f"{word_starts.dtype} shape {word_starts.shape} (words.py)")
+    vocab = cdf.size
+    if cdf.ndim != 1 or cdf.dtype != np.float64 or vocab == 0:
+        raise ValueError(f"cdf must be float64 over the vocab (see replacement_cdf), got {cdf.dtype} shape {cdf.shape}")
     if cdf[-1] != 1.0 or not cdf[0] >= 0.0 or not np.all(np.diff(cdf) >= 0):  # `not >=` also rejects NaN
         raise ValueError("cdf must be non-decreasing from >= 0 to exactly 1.0 (build it with replacement_cdf)")
     if not 0 <= mask_id < vocab:
@@ -323,32 +326,33 @@ def _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, e
     if cdf[mask_id] != (cdf[mask_id - 1] if mask_id > 0 else 0.0):
         raise ValueError("cdf gives [MASK] a positive probability: pass is_special to replacement_cdf")
     if tokens.size and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
-        raise ValueError(f"tokens hold ids outside the vocab of {vocab} tokens (wrong word_start table?)")
+        raise ValueError(f"tokens hold ids outside the vocab of {vocab} tokens (a cdf of another vocabulary?)")
     if not all(isinstance(v, int | np.integer) and 0 <= v < 2**64 for v in (seed, epoch)):
         raise ValueError(f"seed and epoch must be integers in [0, 2**64), got {seed} and {epoch}")
 
 
-def mask_blocks(tokens: np.ndarray, offsets: np.ndarray, block_keys: np.ndarray, word_start: np.ndarray,
+def mask_blocks(tokens: np.ndarray, offsets: np.ndarray, block_keys: np.ndarray, word_starts: np.ndarray,
                 cdf: np.ndarray, mask_id: int, cfg: MaskingConfig, seed: int, epoch: int,
                 diagnostics: bool = False) -> MaskedBlocks:
     """Mask many blocks at once (SPEC §2) and derive their SBO targets (SPEC §3).
 
     tokens: flat content ids (no [CLS]/[SEP]) of all blocks; offsets: int64[n_blocks+1] into tokens;
     block_keys: int64[n_blocks] global block indices (the RNG key, with seed and epoch);
-    word_start: bool[vocab]; cdf: float64[vocab] from replacement_cdf; mask_id: the [MASK] id.
-    Block b's result depends only on its tokens, (seed, epoch, block_keys[b]) and cfg.
+    word_starts: bool per token, does it start a word (SPEC §2, words.py); cdf: float64[vocab] from
+    replacement_cdf; mask_id: the MASK id.
+    Block b's result depends only on its tokens and their word starts, (seed, epoch, block_keys[b]) and cfg.
     """
     cfg.validate()
     tokens, offsets, block_keys = np.asarray(tokens), np.asarray(offsets), np.asarray(block_keys)
-    word_start, cdf = np.asarray(word_start), np.asarray(cdf)
-    _check_inputs(tokens, offsets, block_keys, word_start, cdf, mask_id, seed, epoch)
+    word_starts, cdf = np.asarray(word_starts), np.asarray(cdf)
+    _check_inputs(tokens, offsets, block_keys, word_starts, cdf, mask_id, seed, epoch)
     lengths = np.diff(offsets)
     budgets = block_budgets(lengths, cfg.mask_ratio)
     mlm_offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(budgets)])
     len_cdf = _cdf(span_length_probs(cfg.geometric_p, cfg.max_span_words))
     diag = bool(diagnostics and cfg.scheme == "span")
     out = _mask_kernel(
-        tokens, offsets, budgets, block_keys, word_start, len_cdf, cdf, _guide_table(cdf), np.int64(mask_id),
+        tokens, offsets, budgets, block_keys, word_starts, len_cdf, cdf, _guide_table(cdf), np.int64(mask_id),
         _SCHEME_CODE[cfg.scheme], cfg.mask_token_prob, cfg.random_token_prob, cfg.max_sbo_offset,
         np.uint64(seed), np.uint64(epoch), diag, int(mlm_offsets[-1]), int(lengths.max(initial=0)),
     )
@@ -357,6 +361,7 @@ def mask_blocks(tokens: np.ndarray, offsets: np.ndarray, block_keys: np.ndarray,
     ns, nsp = int(soff[-1]), int(spoff[-1])
     return MaskedBlocks(
         input_ids=ids, mlm_offsets=mlm_offsets, mlm_positions=mpos, mlm_labels=mlab, mlm_kind=mkind,
+        mlm_word_starts=word_starts[np.repeat(offsets[:-1], budgets) + mpos],
         sbo_offsets=soff, sbo_positions=spos[:ns], sbo_left=sleft[:ns], sbo_right=sright[:ns], sbo_k=sk[:ns],
         sbo_labels=slab[:ns], span_offsets=spoff, span_start=sps[:nsp].copy(), span_end=spe[:nsp].copy(),
         span_kind=spk[:nsp].copy(), drawn_words=drawn if diag else None,

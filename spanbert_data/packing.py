@@ -33,9 +33,12 @@ _LIST_COLUMNS = (
     ("sbo_offsets", pa.uint8()),
     ("sbo_labels", _ID),
 )
+# The optional last column: per MLM target, does its original token start a word (docs/FORMAT.md). Written for
+# every tokenizer whose word starts are not a function of the token id (all but WordPiece).
+WORD_STARTS = ("mlm_word_starts", pa.uint8())
 # Columns that describe the same items must have identical offsets (one row's examples, MLM targets, SBO targets).
-_OFFSET_GROUPS = (("example_lengths", "block_ids"), ("mlm_positions", "mlm_labels"),
-                  ("sbo_positions", "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels"))
+OFFSET_GROUPS = (("example_lengths", "block_ids"), ("mlm_positions", "mlm_labels", WORD_STARTS[0]),
+                 ("sbo_positions", "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels"))
 # Slots are stored as uint16 and example lengths too, so a row can have at most 65,535 slots.
 MAX_ROW_LEN = 65535
 
@@ -48,13 +51,14 @@ def _id_arrow_type(id_type) -> pa.DataType:
     return t
 
 
-def TRAINING_ROW_SCHEMA(row_len: int, id_type) -> pa.Schema:  # noqa: N802 (a schema constant, built per row_len)
-    """The Arrow schema of pass-2 training rows (docs/FORMAT.md) for `row_len` slots and token ids of `id_type`."""
+def TRAINING_ROW_SCHEMA(row_len: int, id_type, word_starts: bool = False) -> pa.Schema:  # noqa: N802 (a schema constant, built per row_len)
+    """The Arrow schema of pass-2 training rows (docs/FORMAT.md) for `row_len` slots and token ids of `id_type`,
+    with the `mlm_word_starts` column when `word_starts`."""
     if not 3 <= int(row_len) <= MAX_ROW_LEN:
         raise ValueError(f"max_seq_len must be in 3..{MAX_ROW_LEN} (slots are uint16), got {row_len}")
     id_t = _id_arrow_type(id_type)
     fields = [pa.field("input_ids", pa.list_(id_t, int(row_len)), nullable=False)]
-    for name, t in _LIST_COLUMNS:
+    for name, t in _LIST_COLUMNS + ((WORD_STARTS,) if word_starts else ()):
         fields.append(pa.field(name, pa.list_(id_t if t == _ID else t), nullable=False))
     return pa.schema(fields)
 
@@ -215,7 +219,7 @@ def _check_placement(lengths, row_of, slot_of, n_rows, row_len) -> np.ndarray:
 
 def assemble_rows(block_offsets, block_ids, masked_input_ids, mlm_offsets, mlm_positions, mlm_labels,
                   sbo_offsets, sbo_positions, sbo_left, sbo_right, sbo_k, sbo_labels,
-                  row_of, slot_of, n_rows, row_len, cls_id, sep_id, pad_id, id_dtype) -> dict:
+                  row_of, slot_of, n_rows, row_len, cls_id, sep_id, pad_id, id_dtype, mlm_word_starts=None) -> dict:
     """Build every column of docs/FORMAT.md pass 2 for blocks placed by `pack_examples`.
 
     Inputs are per block b (b = 0..nb-1), all positions content-relative (0..n_b-1, no [CLS]):
@@ -224,6 +228,8 @@ def assemble_rows(block_offsets, block_ids, masked_input_ids, mlm_offsets, mlm_p
     sbo_positions/left/right/k/labels[sbo_offsets[b]:sbo_offsets[b+1]] (here `sbo_offsets` are the
     segment offsets; the relative offsets k are `sbo_k`), positions strictly ascending per block.
     block_ids[b] is the block's global index.
+
+    `mlm_word_starts` (bool per MLM target, optional) becomes the column of that name.
 
     Returns {"input_ids": (n_rows, row_len) array of id_dtype, and for every list column NAME:
     (offsets int32[n_rows+1], values)}; columns of one group share the same offsets array. Targets
@@ -286,6 +292,12 @@ def assemble_rows(block_offsets, block_ids, masked_input_ids, mlm_offsets, mlm_p
     unit = np.arange(nb + 1, dtype=np.int64)  # one item per example
     mlm_off, mlm_pos = gather(mlm_offsets, mlm_positions, np.uint16, to_slot)
     sbo_off, sbo_pos = gather(sbo_offsets, sbo[0], np.uint16, to_slot)
+    extra = {}
+    if mlm_word_starts is not None:
+        flags = np.asarray(mlm_word_starts).astype(np.uint8)
+        if flags.shape != mlm_positions.shape:
+            raise ValueError("mlm_word_starts must have one value per MLM target")
+        extra[WORD_STARTS[0]] = (mlm_off, gather(mlm_offsets, flags, np.uint8, no_shift)[1])
     return {
         "input_ids": input_ids,
         "example_lengths": (ex_offsets, lengths[order].astype(np.uint16)),
@@ -297,6 +309,7 @@ def assemble_rows(block_offsets, block_ids, masked_input_ids, mlm_offsets, mlm_p
         "sbo_right": (sbo_off, gather(sbo_offsets, sbo[2], np.uint16, to_slot)[1]),
         "sbo_offsets": (sbo_off, gather(sbo_offsets, sbo[3], np.uint8, no_shift)[1]),
         "sbo_labels": (sbo_off, gather(sbo_offsets, sbo[4], id_dtype, no_shift)[1]),
+        **extra,
     }
 
 
@@ -306,7 +319,7 @@ def rows_to_record_batch(columns: dict, row_len: int) -> pa.RecordBatch:
     input_ids = np.ascontiguousarray(columns["input_ids"])
     if input_ids.ndim != 2 or input_ids.shape[1] != row_len:
         raise ValueError(f"input_ids must have shape (rows, {row_len}), got {input_ids.shape}")
-    schema = TRAINING_ROW_SCHEMA(row_len, input_ids.dtype)
+    schema = TRAINING_ROW_SCHEMA(row_len, input_ids.dtype, WORD_STARTS[0] in columns)
     arrays = [pa.FixedSizeListArray.from_arrays(pa.array(input_ids.reshape(-1)), int(row_len))]
     for field in list(schema)[1:]:
         if field.name not in columns:
@@ -331,7 +344,7 @@ def record_batch_columns(batch: pa.RecordBatch) -> dict:
     ids_type = batch.schema.field("input_ids").type
     if not pa.types.is_fixed_size_list(ids_type):
         raise ValueError(f"training rows: column 'input_ids' has type {ids_type}, expected fixed_size_list<ID>")
-    expected = TRAINING_ROW_SCHEMA(ids_type.list_size, ids_type.value_type)
+    expected = TRAINING_ROW_SCHEMA(ids_type.list_size, ids_type.value_type, WORD_STARTS[0] in names)
     out = {}
     for field in expected:
         if field.name not in names:
@@ -352,8 +365,8 @@ def record_batch_columns(batch: pa.RecordBatch) -> dict:
             if problem:
                 raise ValueError(f"training rows: {problem}")
             out[field.name] = (offsets, values)
-    for group in _OFFSET_GROUPS:
-        for name in group[1:]:
+    for group in OFFSET_GROUPS:
+        for name in (n for n in group[1:] if n in out):
             differ = np.flatnonzero(np.diff(out[name][0]) != np.diff(out[group[0]][0]))
             if differ.size:
                 r = int(differ[0])

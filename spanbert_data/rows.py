@@ -53,12 +53,16 @@ class TokenStore:
         self.offsets: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
         self.docs: list[np.ndarray] = []
+        self.starts: list[tuple[np.ndarray, int]] = []  # word_starts: (bit-packed bytes, first bit), where stored
         for part in parts:
             batch = read_arrow_file(out / part["path"])
             tokens = batch.column("tokens")
             self.offsets.append(tokens.offsets.to_numpy())
             self.values.append(tokens.values.to_numpy())
             self.docs.append(batch.column("doc").to_numpy())
+            if "word_starts" in batch.schema.names:
+                bits = batch.column("word_starts").values  # zero-copy: the bits stay packed until gathered
+                self.starts.append((np.frombuffer(bits.buffers()[1], dtype=np.uint8), bits.offset))
         counts = [len(o) - 1 for o in self.offsets]
         self.first_block = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -66,10 +70,16 @@ class TokenStore:
     def n_blocks(self) -> int:
         return int(self.first_block[-1])
 
-    def gather(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Content tokens of the given ascending global block indices: (flat ids, int64 offsets)."""
+    @property
+    def has_word_starts(self) -> bool:
+        """True when word starts are stored beside the tokens (every tokenizer family but WordPiece)."""
+        return bool(self.starts)
+
+    def gather(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Content tokens of the given ascending global block indices: (flat ids, int64 offsets, and the stored
+        word-start flags of those tokens, or None when the store has none)."""
         part_of = np.searchsorted(self.first_block, blocks, side="right") - 1
-        pieces, lengths = [], []
+        pieces, lengths, flags = [], [], []
         for p in np.unique(part_of):
             local = blocks[part_of == p] - self.first_block[p]
             starts = self.offsets[p][local].astype(np.int64)
@@ -77,13 +87,19 @@ class TokenStore:
             n = ends - starts
             # Ragged gather without a Python loop over blocks: position of every token to copy.
             shift = np.repeat(starts - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
-            pieces.append(self.values[p][np.arange(int(n.sum()), dtype=np.int64) + shift])
+            at = np.arange(int(n.sum()), dtype=np.int64) + shift
+            pieces.append(self.values[p][at])
+            if self.starts:
+                bits, first = self.starts[p]
+                at += first
+                flags.append((bits[at >> 3] >> (at & 7).astype(np.uint8)) & 1 == 1)  # Arrow's bit order: LSB first
             lengths.append(n)
         lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
         np.cumsum(lengths_all, out=offsets[1:])
         flat = np.concatenate(pieces) if pieces else np.zeros(0, self.values[0].dtype if self.values else np.uint16)
-        return flat, offsets
+        word_starts = (np.concatenate(flags) if flags else np.zeros(0, bool)) if self.starts else None
+        return flat, offsets, word_starts
 
 
 @dataclass
@@ -93,7 +109,7 @@ class RowContext:
     out: Path
     parts: list[dict]
     split_blocks: dict  # split -> int64 array of global block indices, ascending
-    word_start: np.ndarray
+    word_start: np.ndarray | None  # the WordPiece table; None: word starts come from the store
     cdf: np.ndarray
     special_ids: dict
     id_dtype: np.dtype
@@ -116,10 +132,11 @@ def _store(ctx: RowContext) -> TokenStore:
 def build_shard(ctx: RowContext, plan: ShardPlan) -> dict:
     """Mask, pack and write one shard, then its marker; return the marker."""
     blocks = ctx.split_blocks[plan.split][plan.lo : plan.hi]
-    tokens, offsets = _store(ctx).gather(blocks)
+    tokens, offsets, stored = _store(ctx).gather(blocks)
+    word_starts = stored if stored is not None else ctx.word_start[tokens]
     sp = ctx.special_ids
     masked = mask_blocks(
-        tokens, offsets, blocks, ctx.word_start, ctx.cdf, sp["mask"], ctx.masking, ctx.seed, plan.epoch
+        tokens, offsets, blocks, word_starts, ctx.cdf, sp["mask"], ctx.masking, ctx.seed, plan.epoch
     )
     lengths = np.diff(offsets) + 2
     row_of, slot_of, n_rows = pack_examples(lengths, ctx.max_seq_len)
@@ -128,6 +145,7 @@ def build_shard(ctx: RowContext, plan: ShardPlan) -> dict:
         masked.mlm_offsets, masked.mlm_positions, masked.mlm_labels,
         masked.sbo_offsets, masked.sbo_positions, masked.sbo_left, masked.sbo_right, masked.sbo_k, masked.sbo_labels,
         row_of, slot_of, n_rows, ctx.max_seq_len, sp["cls"], sp["sep"], sp["pad"], ctx.id_dtype,
+        mlm_word_starts=masked.mlm_word_starts if stored is not None else None,
     )  # fmt: skip
     info = write_arrow_file(ctx.out / plan.path, rows_to_record_batch(columns, ctx.max_seq_len))
     marker = {

@@ -18,7 +18,7 @@ from spanbert_data.blocks import make_blocks
 from spanbert_data.corpus import CorpusStats
 from spanbert_data.files import atomic_write_json, sha256_file
 from spanbert_data.shards import write_arrow_file
-from spanbert_data.tokenizer import WordPieceTokenizer
+from spanbert_data.tokenizer import SubwordTokenizer
 from spanbert_data.unit_reader import unit_documents
 from spanbert_data.units import Unit
 
@@ -26,26 +26,31 @@ LINES_PER_BATCH = 32768  # lines sent to the tokenizer at once: large batches ke
 TOKENS_PER_PART = 1 << 28  # a store part's token count stays far below Arrow's int32 list-offset limit
 
 
-def store_schema(id_type: pa.DataType) -> pa.Schema:
-    return pa.schema([("tokens", pa.list_(id_type)), ("doc", pa.int32())])
+def store_schema(id_type: pa.DataType, word_starts: bool = False) -> pa.Schema:
+    """The token store's columns (docs/FORMAT.md); `word_starts` for a tokenizer whose word starts are positional."""
+    fields = [("tokens", pa.list_(id_type)), ("doc", pa.int32())]
+    return pa.schema(fields + [("word_starts", pa.list_(pa.bool_()))] if word_starts else fields)
 
 
 class _PartWriter:
     """Accumulates blocks of a unit and writes them as store parts of at most TOKENS_PER_PART tokens."""
 
-    def __init__(self, out: Path, unit: Unit, tokenizer: WordPieceTokenizer):
+    def __init__(self, out: Path, unit: Unit, tokenizer: SubwordTokenizer):
         self.out, self.unit, self.tok = out, unit, tokenizer
         self.id_type = pa.from_numpy_dtype(tokenizer.id_dtype)
         self.tokens: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []
         self.docs: list[np.ndarray] = []
+        self.starts: list[np.ndarray] | None = None if tokenizer.words.per_token else []
         self.pending = 0
         self.parts: list[dict] = []
         self.unigram = np.zeros(tokenizer.vocab_size, dtype=np.int64)
 
-    def add(self, ids: np.ndarray, block_offsets: np.ndarray, block_docs: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, starts: np.ndarray, block_offsets: np.ndarray, block_docs: np.ndarray) -> None:
         ids = ids[block_offsets[0] : block_offsets[-1]].astype(self.tok.id_dtype, copy=False)
         self.tokens.append(ids)
+        if self.starts is not None:
+            self.starts.append(starts[block_offsets[0] : block_offsets[-1]])
         self.lengths.append(np.diff(block_offsets))
         self.docs.append(block_docs.astype(np.int32))
         self.unigram += np.bincount(ids, minlength=self.tok.vocab_size)
@@ -62,14 +67,19 @@ class _PartWriter:
         values = np.concatenate(self.tokens) if self.tokens else np.zeros(0, self.tok.id_dtype)
         docs = np.concatenate(self.docs) if self.docs else np.zeros(0, np.int32)
         tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=self.id_type))
-        batch = pa.record_batch([tokens, pa.array(docs)], schema=store_schema(self.id_type))
+        columns = [tokens, pa.array(docs)]
+        if self.starts is not None:  # bit-packed by Arrow: 1/16 of the uint16 ids
+            flags = np.concatenate(self.starts) if self.starts else np.zeros(0, bool)
+            columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flags, type=pa.bool_())))
+            self.starts = []
+        batch = pa.record_batch(columns, schema=store_schema(self.id_type, self.starts is not None))
         path = self.unit.part(len(self.parts))
         info = write_arrow_file(self.out / path, batch)
         self.parts.append({"path": path, "blocks": len(lengths), "tokens": int(len(values)), **info})
         self.tokens, self.lengths, self.docs, self.pending = [], [], [], 0
 
 
-def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer, max_content: int) -> dict:
+def build_unit(out: Path, root: Path, unit: Unit, tokenizer: SubwordTokenizer, max_content: int) -> dict:
     """Pass 1 for one unit: read, tokenize, block, write its parts, then its marker (last). Returns the marker.
 
     A "stream" unit's text is read from its work file under `out` (written there by the driver)."""
@@ -84,10 +94,9 @@ def build_unit(out: Path, root: Path, unit: Unit, tokenizer: WordPieceTokenizer,
     def encode_pending() -> None:
         if not lines:
             return
-        ids, lengths = tokenizer.encode_lines(lines)
-        word_start = tokenizer.word_start[ids]
+        ids, lengths, word_start = tokenizer.encode_with_words(lines)
         offsets, docs = make_blocks(lengths, np.asarray(line_docs, dtype=np.int64), word_start, max_content)
-        writer.add(ids, offsets, docs)
+        writer.add(ids, word_start, offsets, docs)
         lines.clear()
         line_docs.clear()
 

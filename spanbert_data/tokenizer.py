@@ -1,8 +1,9 @@
-"""WordPiece tokenizers: load a `tokenizer.json` or a BERT `vocab.txt` (SPEC §1; training one is vocab.py).
+"""Tokenizers: load any `tokenizers` tokenizer.json (WordPiece, BPE, Unigram), a `transformers` folder or a BERT
+`vocab.txt` (SPEC §1; training one is vocab.py, bpe_vocab.py).
 
-Everything downstream of this module works on integer ids only. The two per-vocabulary tables it
-builds -- `word_start` (SPEC §2, `word_start_table`: a token starts a word unless its string begins with
-the continuation prefix `##`) and `is_special` -- let the blocker and the masker stay string-free.
+Everything downstream of this module works on integer ids only. What it derives from the tokenizer -- the
+special-token roles (specials.py), the word rule (words.py, SPEC §2) and `is_special` -- lets the blocker and
+the masker stay string-free.
 
 Threads: HF `tokenizers` encodes batches on a Rayon thread pool that is created once per process, at
 the first parallel call, with `RAYON_NUM_THREADS` threads (all cores when unset). Call
@@ -20,7 +21,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from operator import attrgetter
 from pathlib import Path
 
@@ -30,13 +31,15 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from spanbert_data.config import ENCODERS
 from spanbert_data.errors import TokenizerError
 from spanbert_data.files import atomic_write_bytes
+from spanbert_data.specials import folder_config, missing_message, missing_roles, special_roles
 from spanbert_data.wordpiece import FastWordPiece
 from spanbert_data.wordpiece_tables import unsupported_reason
+from spanbert_data.words import CONTINUATION, word_ids_starts, word_rule
 
 # The five BERT specials (SPEC §1), keyed by the names the manifest uses (docs/FORMAT.md).
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word (BERT's, and our trained vocabularies')
 MAX_WORD_CHARS = 100  # the WordPiece model's max_input_chars_per_word: longer words encode as [UNK]
+MODELS = ("WordPiece", "BPE", "Unigram")
 
 # Lines per internal `encode_batch_fast` call: large enough to keep every Rayon thread busy, small
 # enough that the Encoding objects of one call (about 100 bytes per token) stay in the tens of MB.
@@ -76,55 +79,65 @@ def _encoder_threads() -> int | None:
         return None
 
 
-class WordPieceTokenizer:
-    """A `tokenizers.Tokenizer` with a WordPiece model, made safe and fast for corpus building.
+class SubwordTokenizer:
+    """A `tokenizers.Tokenizer` with a WordPiece, BPE or Unigram model, made safe and fast for corpus building.
 
     Truncation and padding are switched off (files in the wild have them on), and literal special-token
     text in the corpus (the string "[MASK]") is tokenized as ordinary text, never as a special id, so
-    block content never holds [PAD]/[CLS]/[SEP]/[MASK].
+    block content never holds PAD/CLS/SEP/MASK.
 
-    `encoder` (one of ENCODERS) picks who computes the ids; `encoder_note` says, in one line, which one
-    runs and why (the build logs it once).
+    `special_ids`: role -> id (specials.py; `roles` gives them outright, as a dataset's manifest does, `named`
+    adds the tokens a transformers folder names). `words`: the word rule (words.py). `encoder` (one of
+    ENCODERS) picks who computes the ids; `encoder_note` says, in one line, which one runs and why (the build
+    logs it once, with `words.note`).
     """
 
-    def __init__(self, tokenizer: Tokenizer, source: str = "<tokenizer>", encoder: str = "auto"):
+    def __init__(self, tokenizer: Tokenizer, source: str = "<tokenizer>", encoder: str = "auto",
+                 roles: Mapping[str, int | None] | None = None, named: Mapping[str, str] | None = None):  # fmt: skip
         self.source = source
-        if not isinstance(tokenizer.model, models.WordPiece):
-            raise TokenizerError(
-                f"{source}: the tokenizer model is {type(tokenizer.model).__name__}, not WordPiece; "
-                "pass a BERT-style WordPiece tokenizer.json or vocab.txt"
-            )
+        kind = type(tokenizer.model).__name__
+        if kind not in MODELS:
+            raise TokenizerError(f"{source}: the tokenizer model is {kind}; pass a WordPiece, BPE or Unigram "
+                                 "tokenizer.json (or a transformers folder holding one)")  # fmt: skip
         tokenizer.no_truncation()
         tokenizer.no_padding()
         tokenizer.encode_special_tokens = True  # not serialised by tokenizers, so set on every load
         self._tok = tokenizer
-        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: skips offsets
+        # encode_batch_fast skips the offsets, and is the faster for WordPiece; for BPE and Unigram models
+        # tokenizers 0.23 encodes 5-15% faster with its offsets (bench/subword_pass1.py). Same ids either way.
+        fast = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self._encode = fast if kind == "WordPiece" else tokenizer.encode_batch
 
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         self.vocab_size: int = len(vocab)
-        if not vocab or max(vocab.values()) != self.vocab_size - 1:
+        if not vocab:
+            raise TokenizerError(f"{source}: the vocabulary is empty; pass a trained tokenizer")
+        if max(vocab.values()) != self.vocab_size - 1:
             raise TokenizerError(f"{source}: token ids are not 0..{self.vocab_size - 1}; repair the vocabulary")
-        missing = [tok for tok in SPECIAL_TOKENS.values() if tok not in vocab]
+        spec = json.loads(tokenizer.to_str())
+        self.special_ids: dict[str, int | None] = dict(roles) if roles is not None else special_roles(
+            spec, vocab, named)  # fmt: skip
+        missing = missing_roles(self.special_ids)
         if missing:
-            raise TokenizerError(
-                f"{source}: missing BERT special token(s) {', '.join(missing)}; add them to the vocabulary"
-            )
-        self.special_ids: dict[str, int] = {name: vocab[tok] for name, tok in SPECIAL_TOKENS.items()}
-
-        self.word_start = word_start_table(vocab, tokenizer.model.continuing_subword_prefix)
+            raise TokenizerError(missing_message(source, missing))
+        self.words = word_rule(spec, vocab, self.vocab_size)
+        # The per-token table where the token alone decides (WordPiece), else None: then word starts are
+        # per position (encode_with_words) and stored with the tokens.
+        self.word_start = self.words.table if self.words.per_token else None
         self.is_special = np.zeros(self.vocab_size, dtype=bool)
-        self.is_special[list(self.special_ids.values())] = True
+        self.is_special[[i for i in self.special_ids.values() if i is not None]] = True
         self.is_special[[i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special]] = True
-        # Ids that must never come out of corpus text: every special except [UNK], which WordPiece
-        # legitimately emits for a word it cannot spell.
+        # Ids that must never come out of corpus text: every special except UNK, which a model legitimately
+        # emits for what it cannot spell.
         self._forbidden = self.is_special.copy()
-        self._forbidden[self.special_ids["unk"]] = False
+        if self.special_ids.get("unk") is not None:
+            self._forbidden[self.special_ids["unk"]] = False
 
         self.id_dtype = np.dtype(np.uint16 if self.vocab_size <= 65536 else np.int32)
-        spec = self.to_json()
-        self.sha256: str = hashlib.sha256(spec.encode("utf-8")).hexdigest()
+        text = self.to_json()
+        self.sha256: str = hashlib.sha256(text.encode("utf-8")).hexdigest()
         self._fast = None  # the compiled encoder, built at the first encode
-        self.encoder, self.encoder_note = self._choose_encoder(encoder, json.loads(spec))
+        self.encoder, self.encoder_note = self._choose_encoder(encoder, json.loads(text))
 
     def set_encoder(self, encoder: str) -> None:
         """Switch to another of ENCODERS (a TokenizerError if "fast" cannot reproduce this tokenizer)."""
@@ -150,20 +163,40 @@ class WordPieceTokenizer:
 
         The ids are those of `tokenizers` (`encode_special_tokens=True`, no truncation) whichever
         encoder runs; the compiled one hands back the rare lines it cannot match exactly (see
-        wordpiece_tables.ROUTE) and those are encoded by `tokenizers`.
+        wordpiece_tables.ROUTE) and those are encoded by `tokenizers`. A special id that the model makes
+        out of literal text (a Unigram vocabulary holds `<mask>` as a piece) becomes UNK (`_guard`).
         """
+        flat, lens = self._encode_any(lines)
+        return self._guard(flat), lens
+
+    def encode_with_words(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`encode_lines` plus, per token, whether it starts a word (SPEC §2, the rule of words.py)."""
+        if self.words.kind == "word-ids":
+            flat, lens, starts = self._encode_hf_words(lines)
+        else:
+            flat, lens = self._encode_any(lines)
+            starts = self.words.starts(lines, flat, lens, self._encode_hf_words, _encoder_threads())
+        return self._guard(flat), lens, starts
+
+    def _encode_any(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
         global _pool_started
         _pool_started = True
         if isinstance(lines, str):
             raise TypeError("encode_lines() takes a list of lines, not one string")
-        flat, lens = self._encode_fast(lines) if self.encoder == "fast" else self._encode_hf(lines)
-        if self._forbidden[flat].any():  # one gather, ~1% of the encode; guards odd pre-tokenizers
-            bad = self.id_to_token(int(flat[self._forbidden[flat]][0]))
-            raise TokenizerError(
-                f"{self.source}: corpus text was tokenized into the special token {bad}; "
-                "use a tokenizer with a BERT pre-tokenizer"
-            )
-        return flat, lens
+        return self._encode_fast(lines) if self.encoder == "fast" else self._encode_hf(lines)
+
+    def _guard(self, flat: np.ndarray) -> np.ndarray:
+        bad = self._forbidden[flat]
+        if not bad.any():  # one gather, ~1% of the encode
+            return flat
+        unk = self.special_ids.get("unk")
+        if unk is None:
+            token = self.id_to_token(int(flat[bad][0]))
+            raise TokenizerError(f"{self.source}: corpus text was tokenized into the special token {token} and the "
+                                 "tokenizer has no unknown token to put instead; remove that text from the corpus")
+        flat = flat.copy()
+        flat[bad] = unk
+        return flat
 
     def _encode_fast(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._fast is None:
@@ -206,6 +239,20 @@ class WordPieceTokenizer:
         flat = flat_parts[0] if len(flat_parts) == 1 else np.concatenate(flat_parts)
         return flat, np.concatenate(len_parts)
 
+    def _encode_hf_words(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`tokenizers` with offsets (`encode_batch`): ids, tokens per line, and word starts from its word ids."""
+        flat_parts, len_parts, start_parts = [], [], []
+        for i in range(0, len(lines), _ENCODE_CHUNK_LINES):
+            encodings = self._tok.encode_batch(lines[i : i + _ENCODE_CHUNK_LINES], add_special_tokens=False)
+            lens = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+            flat_parts.append(np.fromiter(itertools.chain.from_iterable(map(_get_ids, encodings)), np.int32,
+                                          int(lens.sum())))  # fmt: skip
+            len_parts.append(lens)
+            start_parts.append(word_ids_starts(encodings))
+        if not flat_parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, bool)
+        return np.concatenate(flat_parts), np.concatenate(len_parts), np.concatenate(start_parts)
+
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a sequence of ids (list or NumPy array)."""
         return self._tok.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=skip_special_tokens)
@@ -226,18 +273,6 @@ class WordPieceTokenizer:
 
         A failed write (disk full, file size limit) raises `errors.DiskWriteError` naming the file."""
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
-
-
-def word_start_table(vocab: Mapping[str, int] | Sequence[str], prefix: str = CONTINUATION,
-                     size: int | None = None) -> np.ndarray:  # fmt: skip
-    """bool[size] over token ids: True when the token starts a word (SPEC §2), i.e. unless its string begins with
-    the continuation prefix. `vocab`: token -> id, or the tokens in id order; `size` (default: the vocabulary's)
-    leaves ids at or above it out. The one definition of a word start: the tokenizer, the row checks, masking's
-    tests and the evaluation all take their table from here."""
-    items = vocab.items() if isinstance(vocab, Mapping) else ((t, i) for i, t in enumerate(vocab))
-    table = np.ones(len(vocab) if size is None else size, dtype=bool)
-    table[[i for t, i in items if t.startswith(prefix) and i < len(table)]] = False
-    return table
 
 
 def bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
@@ -297,17 +332,31 @@ def _from_vocab_txt(text: str, source: str) -> Tokenizer:
     return bert_tokenizer(vocab, lowercase=_is_lowercase_vocab(vocab))
 
 
-def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
-    """Load a HF `tokenizer.json` or a BERT `vocab.txt`; the kind is detected from the content.
+def load_tokenizer(path, encoder: str = "auto", roles: Mapping[str, int | None] | None = None) -> SubwordTokenizer:
+    """Load a HF `tokenizer.json`, a `transformers` tokenizer folder or a BERT `vocab.txt`; the kind is detected
+    from the content.
 
+    A folder must hold tokenizer.json; its tokenizer_config.json / special_tokens_map.json name the special
+    tokens (specials.py). `roles` (a dataset manifest's special_ids) gives the role ids outright.
     A vocab.txt is cased unless none of its tokens has an upper-case form (bracketed markers such as
     [CLS] aside): then it gets BERT-uncased normalisation (lower-case and strip accents).
     Any unusable file raises TokenizerError naming the file and what to do.
     """
     source = str(path)
     p = Path(path)
+    named = None
+    if p.is_dir():
+        try:
+            named = folder_config(p)
+        except ValueError as e:
+            raise TokenizerError(str(e)) from None
+        if not (p / "tokenizer.json").is_file():
+            raise TokenizerError(f"{source}: a folder without tokenizer.json; pass a tokenizer.json, a vocab.txt or "
+                                 "a transformers tokenizer folder that holds a tokenizer.json")  # fmt: skip
+        p = p / "tokenizer.json"
+        source = str(p)
     if not p.is_file():
-        raise TokenizerError(f"{source}: no such file; pass --tokenizer a tokenizer.json or a vocab.txt")
+        raise TokenizerError(f"{source}: no such file; pass --tokenizer a tokenizer.json, a vocab.txt or a folder")
     data = p.read_bytes()
     try:
         if b"\x00" in data:
@@ -324,10 +373,10 @@ def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
             raise TokenizerError(f"{source}: invalid JSON ({e}); pass a valid tokenizer.json") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
             raise TokenizerError(f"{source}: JSON without a tokenizer 'model'; pass a HF tokenizer.json")
-        if spec["model"].get("type") != "WordPiece":
+        if spec["model"].get("type") not in MODELS:
             raise TokenizerError(
-                f"{source}: tokenizer model is {spec['model'].get('type')!r}, not WordPiece; "
-                "pass a BERT-style WordPiece tokenizer"
+                f"{source}: tokenizer model is {spec['model'].get('type')!r}; pass a WordPiece, BPE or Unigram "
+                "tokenizer.json"
             )
         try:
             tok = Tokenizer.from_str(text)
@@ -335,5 +384,4 @@ def load_tokenizer(path, encoder: str = "auto") -> WordPieceTokenizer:
             raise TokenizerError(f"{source}: not a loadable tokenizer.json ({e})") from None
     else:
         tok = _from_vocab_txt(text, source)
-    return WordPieceTokenizer(tok, source, encoder)
-
+    return SubwordTokenizer(tok, source, encoder, roles=roles, named=named)

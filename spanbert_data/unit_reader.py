@@ -384,3 +384,19 @@ def unit_documents(base: Path, unit: Unit, stats, warn, work: Path | None = None
         reason, _, detail = unit.note.partition(": ")
         warn(f"{source}: {reason} compressed data ({detail}); kept what decoded cleanly")
         stats.skip(reason)
+
+
+class UnitLines:
+    """The lines of a unit's documents in order (what a vocabulary counts), stopping after the document that brings
+    the text read to `char_budget` characters (None: the whole unit); `chars` is what was read so far."""
+
+    def __init__(self, base: Path, unit: Unit, stats, warn, char_budget: int | None = None):
+        self.base, self.unit, self.stats, self.warn, self.char_budget = base, unit, stats, warn, char_budget
+        self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for doc in unit_documents(self.base, self.unit, self.stats, self.warn):
+            yield from doc.lines
+            self.chars += sum(map(len, doc.lines))
+            if self.char_budget is not None and self.chars >= self.char_budget:
+                return

@@ -4,10 +4,11 @@ The trained `tokenizer.json` is a pure function of the corpus bytes and the opti
 any number of workers or threads, any `PYTHONHASHSEED`, on any machine with the same library versions.
 
     units ─▶ [count_unit_words, one task per unit, any process] word counts ─▶ merge_counts (unit order)
-          ─▶ train_from_counts: alphabet + merge loop (wordpiece_merges.py, Numba) ─▶ WordPieceTokenizer
+          ─▶ train_from_counts: alphabet + merge loop (wordpiece_merges.py, Numba) ─▶ SubwordTokenizer
 
 `train_vocabulary` runs it on a corpus's units through the build's executor (`spanbert-data vocab`, and
-`build` without --tokenizer); `train_wordpiece` on a few texts in this process.
+`build` without --tokenizer); `train_wordpiece` on a few texts in this process. With `model="bpe"` the same
+driver trains a byte-level BPE instead (bpe_vocab.py: its words, its counts, the same merge loop).
 
 Words are what the saved tokenizer will see at encode time: the text goes through its own BERT
 normaliser and is split the way its BERT pre-tokenizer splits (whitespace dropped, every punctuation
@@ -35,16 +36,19 @@ from pathlib import Path
 import numpy as np
 from tokenizers import normalizers, pre_tokenizers
 
+from spanbert_data.bpe_vocab import count_unit_byte_words, train_bpe_from_counts
 from spanbert_data.corpus import CorpusStats, list_corpus_files
 from spanbert_data.errors import BuildError
 from spanbert_data.executor import Executor, make_executor, prepare_task_process, run_tasks, task_prefix
 from spanbert_data.progress import stderr
 from spanbert_data.rng import mix64
-from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, WordPieceTokenizer, bert_tokenizer
-from spanbert_data.unit_reader import unit_documents
+from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, SubwordTokenizer, bert_tokenizer
+from spanbert_data.unit_reader import UnitLines
 from spanbert_data.units import Source, Unit, plan_sources
 from spanbert_data.wordcount import batches, count_lines
 from spanbert_data.wordpiece_merges import merge_loop
+
+VOCAB_MODELS = {"wordpiece": "cased WordPiece", "bpe": "byte-level BPE"}
 
 MIN_FREQUENCY = 2  # a pair seen fewer times is never merged
 _CHUNK_CHARS = 1 << 16  # text normalised and split at once: large enough to amortise the calls
@@ -108,25 +112,16 @@ def count_unit_words(root: Path, unit: Unit, char_budget: int | None = None) -> 
 
     With char_budget, only the unit's first documents are read, until their text holds char_budget
     characters (the document crossing the budget is counted whole)."""
-    base = root if root.is_dir() else root.parent
     stats = CorpusStats()
     warnings: list[str] = []
-    chars = 0
-
-    def lines():
-        nonlocal chars
-        for doc in unit_documents(base, unit, stats, warnings.append):
-            yield from doc.lines
-            chars += sum(map(len, doc.lines))
-            if char_budget is not None and chars >= char_budget:
-                return
-
-    words, counts = count_lines(lines())  # compiled; the words and counts of count_words(lines())
-    return WordCounts(unit.key, words, counts, stats.documents, stats.lines, chars, warnings[:100])
+    lines = UnitLines(root if root.is_dir() else root.parent, unit, stats, warnings.append, char_budget)
+    words, counts = count_lines(lines)  # compiled; the words and counts of count_words(lines)
+    return WordCounts(unit.key, words, counts, stats.documents, stats.lines, lines.chars, warnings[:100])
 
 
-def merge_counts(parts: Iterable[WordCounts]) -> dict[str, int]:
-    """Sum the counts of several units (pass them in unit order: the dict's order is then fixed too)."""
+def merge_counts(parts: Iterable) -> dict:
+    """Sum the counts of several units, WordCounts or bpe_vocab.ByteWordCounts (pass them in unit order: the dict's
+    order is then fixed too)."""
     total: dict[str, int] = {}
     get = total.get
     for part in parts:
@@ -171,7 +166,7 @@ def sample_units(units: list[Unit], sample_bytes: int) -> list[tuple[Unit, int |
 
 # ------------------------------------------------------------------------------------------- training
 def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequency: int = MIN_FREQUENCY,
-                      ) -> WordPieceTokenizer:  # fmt: skip
+                      ) -> SubwordTokenizer:  # fmt: skip
     """A cased BERT WordPiece tokenizer whose vocabulary is learnt from word counts (module docstring).
 
     At most vocab_size entries (fewer when the merges run out; more only when the specials and the
@@ -211,12 +206,12 @@ def train_from_counts(counts: dict[str, int], vocab_size: int = 28996, min_frequ
     return wordpiece_tokenizer(vocab)
 
 
-def wordpiece_tokenizer(vocab: dict[str, int]) -> WordPieceTokenizer:
+def wordpiece_tokenizer(vocab: dict[str, int]) -> SubwordTokenizer:
     """The cased BERT `tokenizer.json` around a vocabulary (tokenizer.bert_tokenizer, not lower-cased)."""
-    return WordPieceTokenizer(bert_tokenizer(vocab, lowercase=False), "<trained WordPiece>")
+    return SubwordTokenizer(bert_tokenizer(vocab, lowercase=False), "<trained WordPiece>")
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> WordPieceTokenizer:
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency: int = 2) -> SubwordTokenizer:
     """Train a cased BERT WordPiece vocabulary on texts in this process (SPEC §1).
 
     BERT normaliser without lower-casing (accents kept), BERT pre-tokenizer, `##` continuation prefix,
@@ -228,24 +223,27 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 28996, min_frequency
 
 # ------------------------------------------------------------------------------------------- on a corpus
 def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_bytes: int, executor: Executor,
-                     log: Callable[[str], None] = stderr) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
-    """Train the cased WordPiece vocabulary of a corpus: the words of each sampled unit are counted as a task of
-    its own (on the executor: processes or a Dask cluster), the counts summed in unit order, then merged in this
-    process. Returns the tokenizer and what it was trained on (documents, lines, chars, words, the corpus
-    reader's warnings)."""
+                     log: Callable[[str], None] = stderr, model: str = "wordpiece",
+                     ) -> tuple[SubwordTokenizer, dict]:  # fmt: skip
+    """Train the cased WordPiece (or with model="bpe" the byte-level BPE) vocabulary of a corpus: the words of each
+    sampled unit are counted as a task of its own (on the executor: processes or a Dask cluster), the counts summed
+    in unit order, then merged in this process. Returns the tokenizer and what it was trained on (documents,
+    lines, chars, words, the corpus reader's warnings)."""
+    if model not in VOCAB_MODELS:
+        raise ValueError(f"vocabulary model must be one of {', '.join(VOCAB_MODELS)}, got {model!r}")
     started = time.perf_counter()
     units = vocab_units(sources)
     plan = sample_units(units, sample_bytes)
     sampled = sum(u.bytes if budget is None else budget for u, budget in plan)
-    log(f"training a cased WordPiece vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
+    log(f"training a {VOCAB_MODELS[model]} vocabulary of {vocab_size} on {len(plan)} of {len(units)} units "
         f"(about {sampled / 1e6:.1f} of {sum(u.bytes for u in units) / 1e6:.1f} MB) ...")  # fmt: skip
-    parts: dict[str, WordCounts] = {}
-    prefix = task_prefix(root, "vocab")
-    run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget)) for u, budget in plan),
+    parts: dict = {}
+    prefix = task_prefix(root, "vocab" if model == "wordpiece" else f"vocab-{model}")
+    run_tasks(executor, _vocab_task, ((f"{prefix}-{u.key}", (root, u, budget, model)) for u, budget in plan),
               lambda key, args, result: parts.__setitem__(args[1].key, result))  # fmt: skip
     ordered = [parts[u.key] for u, _ in plan]
     counts = merge_counts(ordered)
-    tokenizer = train_from_counts(counts, vocab_size)
+    tokenizer = (train_bpe_from_counts if model == "bpe" else train_from_counts)(counts, vocab_size)
     info = {key: sum(getattr(p, key) for p in ordered) for key in ("documents", "lines", "chars")}
     info["words"] = len(counts)
     info["warnings"] = [w for p in ordered for w in p.warnings]  # the build logs them in pass 1
@@ -255,15 +253,15 @@ def train_vocabulary(root: Path, sources: list[Source], vocab_size: int, sample_
 
 
 def corpus_vocabulary(corpus: Path, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int | None = None,
-                      scheduler: str | None = None, log: Callable[[str], None] = stderr,
-                      ) -> tuple[WordPieceTokenizer, dict]:  # fmt: skip
+                      scheduler: str | None = None, log: Callable[[str], None] = stderr, model: str = "wordpiece",
+                      ) -> tuple[SubwordTokenizer, dict]:  # fmt: skip
     """`train_vocabulary` of a corpus path: the file listing, the unit plan and the executor as `build` makes them
     (workers None: one per usable core), so the result is the tokenizer `build` would train with the same options."""
     corpus = Path(corpus)
     files = list_corpus_files(corpus, CorpusStats(), warn=lambda m: log(f"warning: {m}"))
     sources = plan_sources(files, corpus, unit_bytes)
     with make_executor(workers, scheduler, log) as executor:
-        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log)
+        return train_vocabulary(corpus, sources, vocab_size, sample_bytes, executor, log, model)
 
 
 def vocab_units(sources: list[Source]) -> list[Unit]:
@@ -278,11 +276,13 @@ def vocab_units(sources: list[Source]) -> list[Unit]:
     return units
 
 
-def _vocab_task(root: Path, unit: Unit, char_budget: int | None) -> WordCounts:
+def _vocab_task(root: Path, unit: Unit, char_budget: int | None, model: str = "wordpiece"):
     if not root.exists():
         raise BuildError(
             f"worker on {socket.gethostname()} cannot see the corpus {root}: it must be on a filesystem every "
             "worker mounts at the same path (see README, Building on a cluster)"
         )
     prepare_task_process()
+    if model == "bpe":
+        return count_unit_byte_words(root, unit, char_budget)
     return count_unit_words(root, unit, char_budget)

@@ -1,9 +1,11 @@
-"""The merge loop of WordPiece vocabulary training, in Numba, with every tie broken explicitly (docs/FORMAT.md).
+"""The merge loop of WordPiece and BPE vocabulary training, in Numba, with every tie broken explicitly
+(docs/FORMAT.md).
 
 WordPiece vocabularies are learnt like BPE with a `##` continuation prefix: every word starts as its
 characters (the first plain, the others as `##c`), and the most frequent adjacent pair of symbols over
 all words (weighted by word counts) is merged into one new symbol, until the vocabulary is full or the
-best pair is rarer than `min_frequency`. The vocabulary is the set of symbols ever made.
+best pair is rarer than `min_frequency`. The vocabulary is the set of symbols ever made. Byte-level BPE
+(bpe_vocab.py) is the same loop over the bytes of words, with no prefix (`strip=0`).
 
 Order, so that the result is a pure function of the word counts:
 - ids: the specials (0..4), every character of the words in code-point order, the `##` form of every
@@ -102,15 +104,16 @@ def _hashed_slot(table, tok_off, tok_bytes, buf, lo, hi, fnv):
 
 # ------------------------------------------------------------------------------------------------ heap
 @njit(cache=True)
-def _merged_byte(a, b, k, la, tok_off, tok_bytes):
-    """Byte k of the string that merging tokens a and b makes: a's bytes, then b's without its `##`."""
+def _merged_byte(a, b, k, la, tok_off, tok_bytes, strip):
+    """Byte k of the string that merging tokens a and b makes: a's bytes, then b's without its first `strip` (the
+    `##` of WordPiece)."""
     if k < la:
         return tok_bytes[tok_off[a] + k]
-    return tok_bytes[tok_off[b] + 2 + k - la]
+    return tok_bytes[tok_off[b] + strip + k - la]
 
 
 @njit(cache=True)
-def _before(c1, p1, c2, p2, pair_a, pair_b, tok_off, tok_bytes):
+def _before(c1, p1, c2, p2, pair_a, pair_b, tok_off, tok_bytes, strip):
     """True when queue entry (count c1, pair p1) is merged before (c2, p2) (the module docstring's order)."""
     if c1 != c2:
         return c1 > c2
@@ -119,11 +122,11 @@ def _before(c1, p1, c2, p2, pair_a, pair_b, tok_off, tok_bytes):
     a1, b1, a2, b2 = pair_a[p1], pair_b[p1], pair_a[p2], pair_b[p2]
     la1 = tok_off[a1 + 1] - tok_off[a1]
     la2 = tok_off[a2 + 1] - tok_off[a2]
-    n1 = la1 + tok_off[b1 + 1] - tok_off[b1] - 2
-    n2 = la2 + tok_off[b2 + 1] - tok_off[b2] - 2
+    n1 = la1 + tok_off[b1 + 1] - tok_off[b1] - strip
+    n2 = la2 + tok_off[b2 + 1] - tok_off[b2] - strip
     for k in range(min(n1, n2)):
-        x = _merged_byte(a1, b1, k, la1, tok_off, tok_bytes)
-        y = _merged_byte(a2, b2, k, la2, tok_off, tok_bytes)
+        x = _merged_byte(a1, b1, k, la1, tok_off, tok_bytes, strip)
+        y = _merged_byte(a2, b2, k, la2, tok_off, tok_bytes, strip)
         if x != y:
             return x < y
     if n1 != n2:
@@ -132,12 +135,12 @@ def _before(c1, p1, c2, p2, pair_a, pair_b, tok_off, tok_bytes):
 
 
 @njit(cache=True)
-def _push(hc, hp, n, c, p, pair_a, pair_b, tok_off, tok_bytes):
+def _push(hc, hp, n, c, p, pair_a, pair_b, tok_off, tok_bytes, strip):
     """Push (c, p) onto the heap of n entries held in hc/hp (room must exist); sift up."""
     i = n
     while i > 0:
         parent = (i - 1) >> 1
-        if not _before(c, p, hc[parent], hp[parent], pair_a, pair_b, tok_off, tok_bytes):
+        if not _before(c, p, hc[parent], hp[parent], pair_a, pair_b, tok_off, tok_bytes, strip):
             break
         hc[i] = hc[parent]
         hp[i] = hp[parent]
@@ -147,15 +150,15 @@ def _push(hc, hp, n, c, p, pair_a, pair_b, tok_off, tok_bytes):
 
 
 @njit(cache=True)
-def _sift_down(hc, hp, n, i, pair_a, pair_b, tok_off, tok_bytes):
+def _sift_down(hc, hp, n, i, pair_a, pair_b, tok_off, tok_bytes, strip):
     c, p = hc[i], hp[i]
     while True:
         m = 2 * i + 1
         if m >= n:
             break
-        if m + 1 < n and _before(hc[m + 1], hp[m + 1], hc[m], hp[m], pair_a, pair_b, tok_off, tok_bytes):
+        if m + 1 < n and _before(hc[m + 1], hp[m + 1], hc[m], hp[m], pair_a, pair_b, tok_off, tok_bytes, strip):
             m += 1
-        if not _before(hc[m], hp[m], c, p, pair_a, pair_b, tok_off, tok_bytes):
+        if not _before(hc[m], hp[m], c, p, pair_a, pair_b, tok_off, tok_bytes, strip):
             break
         hc[i] = hc[m]
         hp[i] = hp[m]
@@ -166,9 +169,10 @@ def _sift_down(hc, hp, n, i, pair_a, pair_b, tok_off, tok_bytes):
 
 # ------------------------------------------------------------------------------------------ merge loop
 @njit(cache=True)
-def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_frequency):
+def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_frequency, strip=2):
     """Run the merges. sym: int32 symbols of all words back to back (word w is sym[wstart[w]:wstart[w+1]]),
-    wcount: int64 count per word, tok_off/tok_bytes: UTF-8 spelling of the n_tok initial tokens.
+    wcount: int64 count per word, tok_off/tok_bytes: UTF-8 spelling of the n_tok initial tokens (for BPE: their
+    bytes), strip: the length of the prefix a right-hand token loses in a merge (2, WordPiece's `##`; 0 for BPE).
 
     Returns (tok_off, tok_bytes, n_tok, merges): the token table grown by the new tokens and the
     (left, right, result) id triple of every merge in order. `sym` is rewritten in place."""
@@ -221,7 +225,7 @@ def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_f
                     hp[n_heap] = p
                     n_heap += 1
             for i in range(n_heap // 2 - 1, -1, -1):
-                _sift_down(hc, hp, n_heap, i, pair_a, pair_b, tok_off, tok_bytes)
+                _sift_down(hc, hp, n_heap, i, pair_a, pair_b, tok_off, tok_bytes, strip)
         while True:
             if phase == 0:
                 if stamp == 1:  # one pass over all words
@@ -233,10 +237,10 @@ def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_f
                 c, p = hc[0], hp[0]
                 n_heap -= 1
                 hc[0], hp[0] = hc[n_heap], hp[n_heap]
-                _sift_down(hc, hp, n_heap, 0, pair_a, pair_b, tok_off, tok_bytes)
+                _sift_down(hc, hp, n_heap, 0, pair_a, pair_b, tok_off, tok_bytes, strip)
                 if c != pcount[p]:  # out of date: a decrease re-queues, an increase was queued when it happened
                     if 0 < pcount[p] < c:
-                        _push(hc, hp, n_heap, pcount[p], p, pair_a, pair_b, tok_off, tok_bytes)
+                        _push(hc, hp, n_heap, pcount[p], p, pair_a, pair_b, tok_off, tok_bytes, strip)
                         n_heap += 1
                     continue
                 if c < min_frequency:
@@ -244,12 +248,12 @@ def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_f
                 a, b = pair_a[p], pair_b[p]
                 # the merged spelling, appended tentatively at the end of the token bytes
                 la = tok_off[a + 1] - tok_off[a]
-                lb = tok_off[b + 1] - tok_off[b] - 2
+                lb = tok_off[b + 1] - tok_off[b] - strip
                 lo = tok_off[n_tok]
                 if lo + la + lb > tok_bytes.shape[0]:
                     tok_bytes = _grow(tok_bytes, lo + la + lb)
                 tok_bytes[lo : lo + la] = tok_bytes[tok_off[a] : tok_off[a] + la]
-                tok_bytes[lo + la : lo + la + lb] = tok_bytes[tok_off[b] + 2 : tok_off[b] + 2 + lb]
+                tok_bytes[lo + la : lo + la + lb] = tok_bytes[tok_off[b] + strip : tok_off[b] + strip + lb]
                 slot = _token_slot(table, tok_off, tok_bytes, tok_bytes, lo, lo + la + lb)
                 if table[slot] == _EMPTY:
                     new = n_tok
@@ -358,7 +362,7 @@ def merge_loop(sym, wstart, wcount, tok_off, tok_bytes, n_tok, vocab_size, min_f
                         if n_heap == hc.shape[0]:
                             hc = _grow(hc, n_heap + 1)
                             hp = _grow(hp, n_heap + 1)
-                        _push(hc, hp, n_heap, pcount[q], q, pair_a, pair_b, tok_off, tok_bytes)
+                        _push(hc, hp, n_heap, pcount[q], q, pair_a, pair_b, tok_off, tok_bytes, strip)
                         n_heap += 1
                 n_touched = 0
     return tok_off[: n_tok + 1].copy(), tok_bytes[: tok_off[n_tok]].copy(), n_tok, merges[:n_merges].copy()

@@ -36,6 +36,7 @@ from spanbert_train.config import (
     parse_override,
 )
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
+from spanbert_train.weights import parse_weights
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)  # one line on stderr, exit status 2
 
@@ -88,7 +89,7 @@ OPTION_FIELDS = {
     "log_every": "log_every", "tensorboard": "tensorboard", "max_nonfinite": "max_nonfinite",
     "verify_shards": "data.verify", "prefetch": "data.prefetch", "init_from": "model.init_from",
     "cache_dir": "data.cache_dir", "cache_limit": "data.cache_limit", "storage_options": "data.storage_options",
-    "sbo_weight": "sbo_weight",
+    "sbo_weight": "sbo_weight", "data_weights": "data.weights",
 }  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
         else TrainConfig()
     given: dict = {}
     for name, value in options.items():
-        if value is None:
+        if value is None or value == ():  # not given (a repeatable option gives ())
             continue
         *parents, leaf = OPTION_FIELDS[name].split(".")
         node = given
@@ -126,10 +127,12 @@ def resolve_config(options: dict, config_file: str | None, model_set: tuple[str,
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@_opt("--data", field="data.path", metavar="DIR|URL")
+@_opt("--data", field="data.path", metavar="DIR|URL", multiple=True)
+@_opt("--data-weights", field="data.weights", metavar="W1,W2,…", callback=parse_weights)
 @_opt("--out", field="out", metavar="RUN_DIR")
 @click.option("--config", "config_file", default=None, metavar="FILE",
-              help="TOML file of options (tables [data], [optim], [model]); YAML with PyYAML installed.")  # fmt: skip
+              help="TOML file of options (tables [data], [optim], [model]; a blend's datasets as [[data.datasets]] "
+                   "tables of path and weight); YAML with PyYAML installed.")  # fmt: skip
 @click.option("--model", default=None, type=click.Choice(MODEL_PRESETS), help="Model size preset (SPEC §5). [base]")
 @click.option("--model-set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override one ModelConfig field, e.g. --model-set num_layers=2 (repeatable).")  # fmt: skip

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spanbert_train.errors import ConfigError
+from spanbert_train.weights import blend_weights
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
 MODEL_PRESETS = ("tiny", "small", "base", "large")
@@ -26,8 +28,10 @@ VERIFY_CHOICES = ("sha256", "size")
 
 @dataclass
 class DataConfig:
-    path: str = ""
-    """The dataset directory written by `spanbert-data build` (holds manifest.json)."""
+    path: list[str] = field(default_factory=list)
+    """The dataset directory (or URL) written by `spanbert-data build`; repeat --data to mix several (data.weights)."""
+    weights: list[float] = field(default_factory=list)
+    """Share of each dataset's rows in every global batch, in --data order (e.g. 3,1); empty: equal shares."""
     global_batch_size: int | None = None
     """Rows per optimizer step, over all ranks and accumulation steps; default: the preset's recipe (RECIPES)."""
     micro_batch: int = 8
@@ -140,8 +144,15 @@ class TrainConfig:
         if not self.out:
             raise ConfigError("out is required: give --out RUN_DIR")
         d = self.data
+        d.path = [d.path] if isinstance(d.path, str | os.PathLike) else list(d.path)  # one dataset: one string
+        d.path = [str(p) for p in d.path if str(p)]
         if not d.path:
             raise ConfigError("data.path is required: give --data DATASET_DIR")
+        for i, p in enumerate(d.path):
+            if p in d.path[:i]:
+                raise ConfigError(f"data.path lists {p} twice; give each dataset once (data.weights sets its share)")
+        d.weights = list(d.weights)
+        blend_weights(d.weights, len(d.path))
         _positive(d, "global_batch_size", "micro_batch", "prefetch", prefix="data.")
         _non_negative(d, "cache_limit", prefix="data.")
         if "://" in self.out and not self.out.lower().startswith("file://"):
@@ -190,6 +201,13 @@ RECIPES: dict[str, dict] = {
     "tiny": {"optim.lr": 1e-3, "optim.warmup_steps": 1_000, "max_steps": 20_000,
              "data.global_batch_size": 32, "source": "ours: not in the paper"},
 }  # fmt: skip
+
+
+def dataset_paths(saved: dict | None) -> list[str]:
+    """The datasets (`data.path`) of a saved configuration (config.json, a checkpoint's meta): a list, or the
+    single string of runs from before blends."""
+    path = ((saved or {}).get("data") or {}).get("path") or []
+    return [path] if isinstance(path, str) else [str(p) for p in path]
 
 
 def _leaf_fields(obj, prefix: str = "") -> list[str]:
@@ -255,8 +273,16 @@ def _apply(obj, raw: dict, prefix: str, sources: dict | None = None, source: str
         dotted = prefix + name
         if dotted == "sources":  # a saved config.json's record of where values came from, not an input
             continue
+        if dotted == "data.datasets":
+            if {"path", "weights"} & set(raw):
+                raise ConfigError("data.datasets replaces data.path and data.weights: give one or the other")
+            obj.path, obj.weights = _dataset_tables(value)
+            _record(sources, "data.path", source)
+            _record(sources, "data.weights", source)
+            continue
         if name not in fields:
-            raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(fields))})")
+            known = sorted(fields) + (["datasets"] if prefix == "data." else [])
+            raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(known)})")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if isinstance(current, ModelSpec) and isinstance(value, dict):
@@ -277,6 +303,25 @@ def _apply(obj, raw: dict, prefix: str, sources: dict | None = None, source: str
         else:
             setattr(obj, name, _coerce(value, dotted, str(fields[name].type)))
             _record(sources, dotted, source)
+
+
+def _dataset_tables(value) -> tuple[list[str], list[float]]:
+    """`[[data.datasets]]` tables (path = "…", weight = 3) → (data.path, data.weights); weight defaults to 1."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError("data.datasets must be a list of tables ([[data.datasets]] with path = … and weight = …)")
+    paths, weights = [], []
+    for i, table in enumerate(value):
+        where = f"data.datasets[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table with path = … and weight = …")
+        unknown = sorted(set(table) - {"path", "weight"})
+        if unknown:
+            raise ConfigError(f"unknown config key '{where}.{unknown[0]}' (known: path, weight)")
+        if "path" not in table:
+            raise ConfigError(f"{where}.path is required: the dataset directory or URL")
+        paths.append(_coerce(table["path"], f"{where}.path", "str"))
+        weights.append(_coerce(table.get("weight", 1), f"{where}.weight", "float"))
+    return paths, weights
 
 
 def _record(sources: dict | None, dotted: str, source: str | None) -> None:
@@ -309,6 +354,12 @@ def _coerce(value, dotted: str, annotation: str):
         if not isinstance(value, str):
             raise ConfigError(f"{dotted} must be a string (got {value!r})")
         return value
+    if kind == "list":  # list[str] (data.path: one string is a list of one) or list[float] (data.weights)
+        item = annotation.split("[", 1)[1].rstrip("]")
+        items = [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{dotted} must be a list (got {value!r})")
+        return [_coerce(v, dotted, item) for v in items]
     if kind == "dict" and not isinstance(value, dict):
         raise ConfigError(f"{dotted} must be a table (got {value!r})")
     return value

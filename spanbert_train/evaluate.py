@@ -12,10 +12,14 @@ counts, the sums are all-reduced, and the means are taken once at the end. In fp
 same for any rank count and micro-batch size up to the last bits of the matrix products (≈ 1e-7
 relative); under bf16 autocast (the default on CUDA during training) to about 1e-3.
 
+Several datasets (a blend, spanbert_train.blend) are evaluated one by one, each exactly as alone; `blend_results`
+adds their weighted mean (the blend's weights, renormalised over the datasets that have held-out rows).
+
 MLM accuracy is also reported by the length of the *merged span* a target belongs to, in words
 (1, 2, …, 9, ≥ 10): a merged span is a maximal run of adjacent MLM targets (SPEC §2), and its words are
-the word-piece word starts among its original tokens, plus one when it begins inside a word (read from
-the dataset's tokenizer.json: a token starts a word unless it carries the continuation prefix).
+the word starts among its original tokens, plus one when it begins inside a word. Word starts are the
+build's (spanbert_data/words.py): the shards' `mlm_word_starts` column, or for WordPiece the table of the
+dataset's tokenizer.json (a token starts a word unless it carries the continuation prefix).
 """
 
 from __future__ import annotations
@@ -36,15 +40,16 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
 from spanbert_data.location import is_url
-from spanbert_data.tokenizer import CONTINUATION, word_start_table
-from spanbert_train.config import ConfigError
-from spanbert_train.data import Dataset, to_batch
+from spanbert_data.packing import WORD_STARTS
+from spanbert_data.words import CONTINUATION, target_word_starts, word_start_table
+from spanbert_train.config import ConfigError, dataset_paths
+from spanbert_train.data import Dataset, open_blend, to_batch
 from spanbert_train.dist import setup_distributed, shutdown_distributed
 from spanbert_train.errors import ExportError
 from spanbert_train.export import checkpoint_model_config, resolve_checkpoint
 from spanbert_train.model import SpanBertForPreTraining
-from spanbert_train.remote_data import Storage
 from spanbert_train.shard import RowSource
+from spanbert_train.weights import parse_weights
 
 EVAL_SEED = 20200724  # fixed, so every run on a dataset evaluates the same rows (the paper's TACL date)
 SPAN_WORD_BUCKETS = 10  # merged spans of 1, 2, ..., 9 and >= 10 words
@@ -70,7 +75,8 @@ def bucket_label(i: int) -> str:
 
 
 def dataset_word_starts(dataset: Dataset) -> np.ndarray:
-    """bool[vocab]: which ids start a word (SPEC §2), from the tokenizer.json copied beside the manifest."""
+    """bool[vocab]: which ids start a word by the WordPiece rule (SPEC §2), from the tokenizer.json copied beside the
+    manifest. Only used for shards without `mlm_word_starts` (WordPiece's: every other family stores them)."""
     name = dataset.manifest["tokenizer"].get("file", "tokenizer.json")
     try:
         text = dataset.root.read_bytes(name)
@@ -84,12 +90,19 @@ def dataset_word_starts(dataset: Dataset) -> np.ndarray:
     return word_start_table(tok.get_vocab(with_added_tokens=True), prefix, size=dataset.vocab_size)
 
 
-def unigram_entropy(manifest: dict) -> float | None:
-    """Entropy (nats) of the dataset's token distribution: the loss of a model that ignores the context."""
-    counts = np.asarray(manifest.get("unigram_counts") or [], dtype=np.float64)
-    if counts.sum() <= 0:
-        return None
-    p = counts[counts > 0] / counts.sum()
+def unigram_entropy(manifest: dict | list[dict], weights: list | None = None) -> float | None:
+    """Entropy (nats) of the dataset's token distribution: the loss of a model that ignores the context. For a blend
+    (a list of manifests and their weights): of the mixture of the datasets' distributions in those proportions."""
+    manifests, weights = ([manifest], [1]) if isinstance(manifest, dict) else (manifest, weights)
+    mixture = None
+    for m, w in zip(manifests, weights, strict=True):
+        counts = np.asarray(m.get("unigram_counts") or [], dtype=np.float64)
+        if w and counts.sum() <= 0:
+            return None
+        if w:
+            part = counts / counts.sum() * (w / sum(weights))
+            mixture = part if mixture is None else mixture + part
+    p = mixture[mixture > 0]
     return float(-(p * np.log(p)).sum())
 
 
@@ -105,8 +118,9 @@ def heldout_unigram_cross_entropy(dataset: Dataset) -> float | None:
     return float(-np.log(smoothed[labels]).mean()) if len(labels) else None
 
 
-def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, word_start: np.ndarray) -> np.ndarray:
-    """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row)."""
+def span_words(offsets: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row); `starts`:
+    per target, does its original token start a word (words.target_word_starts)."""
     pos = positions.astype(np.int64)
     if pos.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -114,7 +128,7 @@ def span_words(offsets: np.ndarray, positions: np.ndarray, labels: np.ndarray, w
     new_run = np.ones(pos.size, dtype=bool)
     new_run[1:] = (pos[1:] != pos[:-1] + 1) | (row[1:] != row[:-1])
     run = np.cumsum(new_run) - 1
-    starts = word_start[labels.astype(np.int64)]
+    starts = np.asarray(starts, dtype=bool)
     words = np.bincount(run, weights=starts).astype(np.int64) + ~starts[new_run]  # + 1 when it begins mid-word
     return words[run]
 
@@ -144,6 +158,33 @@ class Sums:
             "targets_by_span_words": {bucket_label(i): int(n_words[i]) for i in range(SPAN_WORD_BUCKETS)},
         }  # fmt: skip
         return out
+
+
+MEAN_KEYS = ("loss_mlm", "loss_sbo", "acc_mlm", "acc_sbo")
+
+
+def blend_results(results: dict[str, dict], weights: dict[str, float]) -> dict:
+    """The evaluation of a blend from each dataset's (`results`: name -> evaluate_model's dict): losses and accuracies
+    averaged with the blend's `weights`, renormalised over the datasets that have a value (NaN when none of weight
+    > 0 has); rows and target counts summed; MLM accuracy by span length averaged likewise per length. Each
+    dataset's own figures stay under `datasets`."""
+
+    def mean(values) -> float | None:
+        pairs = [(weights[n], v) for n, v in values if v is not None and not np.isnan(v) and weights[n] > 0]
+        total = sum(w for w, _ in pairs)
+        return sum(w * v for w, v in pairs) / total if total else None
+
+    out = {key: mean((n, r[key]) for n, r in results.items()) for key in MEAN_KEYS}
+    out = {key: float("nan") if v is None else v for key, v in out.items()}
+    for key in ("rows", "targets", "sbo_targets"):
+        out[key] = sum(r[key] for r in results.values())
+    out["acc_mlm_by_span_words"] = {b: mean((n, r["acc_mlm_by_span_words"][b]) for n, r in results.items())
+                                    for b in map(bucket_label, range(SPAN_WORD_BUCKETS))}  # fmt: skip
+    out["targets_by_span_words"] = {b: sum(r["targets_by_span_words"][b] for r in results.values())
+                                    for b in map(bucket_label, range(SPAN_WORD_BUCKETS))}  # fmt: skip
+    out["weights"] = {n: weights[n] for n in results}
+    out["datasets"] = results
+    return out
 
 
 def _target_stats(logits_fn, n: int, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +250,8 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     if source is None or len(source) == 0:
         return None
     device = device or next(model.parameters()).device
-    word_start = word_start if word_start is not None else dataset_word_starts(dataset)
+    if word_start is None and WORD_STARTS[0] not in shards[0].columns:  # else the shards carry them
+        word_start = dataset_word_starts(dataset)
     rows = eval_rows(len(source), max_rows)
     mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]
     was_training = model.training
@@ -218,7 +260,7 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
     try:
         for lo in range(0, len(mine), micro_batch):
             cols = source.gather(mine[lo : lo + micro_batch])
-            words = span_words(*cols["mlm_positions"], cols["mlm_labels"][1], word_start)
+            words = span_words(*cols["mlm_positions"], target_word_starts(cols, word_start))
             batch = to_batch(cols).to(device)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 mlm_loss, mlm_ok, sbo_loss, sbo_ok = _batch_stats(model, batch)
@@ -235,10 +277,13 @@ def evaluation_sums(model, dataset: Dataset, *, split: str = "valid", max_rows: 
 
 
 # ------------------------------------------------------------------------------------------- the command
-def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, split: str = "valid",
-                        max_rows: int = 0, micro_batch: int = 8, precision: str = "fp32") -> dict:  # fmt: skip
-    """`spanbert-train evaluate`: load a checkpoint (or a run's latest good one) and evaluate it on `data`.
+def evaluate_checkpoint(source: str | Path, data: str | Path | list | None = None, split: str = "valid",
+                        max_rows: int = 0, micro_batch: int = 8, precision: str = "fp32",
+                        weights: list | None = None) -> dict:  # fmt: skip
+    """`spanbert-train evaluate`: load a checkpoint (or a run's latest good one) and evaluate it on `data`: one dataset,
+    or several with `weights` (as --data-weights; default equal), by default the run's own datasets and weights.
 
+    Several datasets: each one's figures under `datasets` and their weighted mean (blend_results) at the top.
     Runs on one process or under torchrun (each rank takes its part; rank 0 gets the same dict as all).
     """
     if precision not in ("fp32", "bf16"):
@@ -247,41 +292,54 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
         ckpt, meta = resolve_checkpoint(source)
     except ExportError as e:
         raise ConfigError(str(e)) from None
-    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
-    if is_url(where):  # object storage: the shards go through the default local cache (spanbert_train.remote_data)
-        data_dir = where
-        dataset = Dataset(where, storage=Storage())
+    if data:
+        paths = [str(data)] if isinstance(data, str | Path) else [str(p) for p in data]
     else:
-        data_dir = Path(where)
-        if not (data_dir / "manifest.json").is_file():
-            raise ConfigError(f"{data_dir}: no dataset there (no manifest.json); pass --data DATASET_DIR")
-        dataset = Dataset(data_dir)
+        paths = dataset_paths(meta.get("config"))
+        weights = ((meta.get("config") or {}).get("data") or {}).get("weights") if weights is None else weights
+    for where in paths:
+        if not is_url(where) and not (Path(where) / "manifest.json").is_file():
+            raise ConfigError(f"{where}: no dataset there (no manifest.json); pass --data DATASET_DIR")
+    if not paths:
+        raise ConfigError(f"{ckpt}: its configuration names no dataset; pass --data DATASET_DIR")
+    # object storage: the shards go through the default local cache (spanbert_train.remote_data)
+    blend = open_blend(paths, weights or [], for_training=False)
     trained_with = meta.get("tokenizer_sha256")
-    if trained_with and trained_with != dataset.manifest["tokenizer"].get("sha256"):
-        raise ConfigError(f"{data_dir}: built with another tokenizer than the run's; evaluate on data of the same one")
+    if trained_with and trained_with != blend.datasets[0].manifest["tokenizer"].get("sha256"):
+        blend.close()
+        raise ConfigError(f"{paths[0]}: built with another tokenizer than the run's; evaluate on data of the same one")
     d = setup_distributed()
+    results = {}
     try:
-        model = SpanBertForPreTraining(checkpoint_model_config(meta, dataset.vocab_size), kernels="reference")
-    except ExportError as e:
-        raise ConfigError(f"{ckpt}: {e}") from None
-    try:
-        load_model(model, str(ckpt / "model.safetensors"), strict=True)
-    except (SafetensorError, RuntimeError) as e:
-        raise ConfigError(f"{ckpt / 'model.safetensors'}: cannot be loaded into the checkpoint's model ({e})") from None
-    model.to(d.device)
-    autocast = None
-    if precision == "bf16":
-        autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)  # noqa: E731
-    try:
-        result = evaluate_model(model, dataset, split=split, max_rows=max_rows, micro_batch=micro_batch,
-                                rank=d.rank, world=d.world, device=d.device, autocast=autocast)  # fmt: skip
+        try:
+            model = SpanBertForPreTraining(checkpoint_model_config(meta, blend.datasets[0].vocab_size),
+                                           kernels="reference")  # fmt: skip
+        except ExportError as e:
+            raise ConfigError(f"{ckpt}: {e}") from None
+        try:
+            load_model(model, str(ckpt / "model.safetensors"), strict=True)
+        except (SafetensorError, RuntimeError) as e:
+            raise ConfigError(f"{ckpt / 'model.safetensors'}: cannot be loaded into the checkpoint's model "
+                              f"({e})") from None  # fmt: skip
+        model.to(d.device)
+        autocast = None
+        if precision == "bf16":
+            autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)  # noqa: E731
+        for name, dataset in zip(blend.names, blend.datasets, strict=True):
+            result = evaluate_model(model, dataset, split=split, max_rows=max_rows, micro_batch=micro_batch,
+                                    rank=d.rank, world=d.world, device=d.device, autocast=autocast)  # fmt: skip
+            if result is not None:
+                results[name] = result
     finally:
-        dataset.close()
+        blend.close()
         shutdown_distributed()
-    if result is None:
-        raise ConfigError(f"{data_dir}: the {split} split has no rows (build with --valid-fraction > 0)")
-    return {"checkpoint": str(ckpt), "step": meta.get("step"), "data": str(data_dir), "split": split,
-            "max_rows": max_rows, "precision": precision, "world_size": d.world, **result}  # fmt: skip
+    if not results:
+        raise ConfigError(f"{', '.join(paths)}: the {split} split has no rows (build with --valid-fraction > 0)")
+    head = {"checkpoint": str(ckpt), "step": meta.get("step"), "split": split, "max_rows": max_rows,
+            "precision": precision, "world_size": d.world}  # fmt: skip
+    if len(paths) == 1:
+        return {**head, "data": paths[0], **results[paths[0]]}
+    return {**head, "data": paths, **blend_results(results, dict(zip(blend.names, blend.weights, strict=True)))}
 
 
 @click.command("evaluate")
@@ -289,8 +347,15 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
 @click.option(
     "--data",
     type=click.Path(file_okay=False),
+    multiple=True,
+    help="A dataset to evaluate on (directory or URL); repeat it for several [the run's own training datasets].",
+)
+@click.option(
+    "--data-weights",
     default=None,
-    help="The dataset to evaluate on [the run's own training dataset].",
+    metavar="W1,W2,…",
+    callback=parse_weights,
+    help="Weights of the --data datasets in the mean, e.g. 3,1 [the run's weights for its own datasets, else equal].",
 )
 @click.option(
     "--split",
@@ -320,12 +385,13 @@ def evaluate_checkpoint(source: str | Path, data: str | Path | None = None, spli
     show_default=True,
     help="fp32 gives the same numbers for any rank count and micro-batch; bf16 autocast is faster on GPUs.",
 )
-def evaluate_command(source, data, split, max_rows, micro_batch, precision) -> None:
+def evaluate_command(source, data, data_weights, split, max_rows, micro_batch, precision) -> None:
     """Evaluate RUN_OR_CHECKPOINT (a run's latest good checkpoint, or one checkpoint) on held-out rows.
 
     Prints one JSON object: loss_mlm, loss_sbo (nats), acc_mlm, acc_sbo, rows, targets, and
-    acc_mlm_by_span_words (MLM accuracy by the merged span's length in words). Runs under torchrun too.
+    acc_mlm_by_span_words (MLM accuracy by the merged span's length in words). Several datasets (a blend): each
+    one's figures under "datasets" and their weighted mean at the top. Runs under torchrun too.
     """
-    result = evaluate_checkpoint(source, data, split, max_rows, micro_batch, precision)
+    result = evaluate_checkpoint(source, list(data) or None, split, max_rows, micro_batch, precision, data_weights)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(result))

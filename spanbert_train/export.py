@@ -4,7 +4,7 @@ Export (`spanbert-train export RUN_OR_CHECKPOINT --out DIR`) writes
 
   config.json              BERT config, model_type "bert", architectures ["BertForMaskedLM"]
   model.safetensors        encoder + MLM head under HF names (SPEC §5), tied decoder stored once, as HF does
-  tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json
+  tokenizer.json, tokenizer_config.json, special_tokens_map.json (and vocab.txt for WordPiece)
   sbo_head.safetensors     the SBO head (`cls.sbo.*`), read back by `load_sbo_head`
   spanbert_export.json     provenance; also marks DIR as an export that a later export may replace
 
@@ -41,6 +41,7 @@ from spanbert_data.location import Location
 from spanbert_data.shards import load_manifest
 from spanbert_data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from spanbert_train.checkpoint import latest_good, read_meta
+from spanbert_train.config import dataset_paths
 from spanbert_train.errors import CheckpointError, ExportError
 from spanbert_train.heads import SpanBoundaryHead
 from spanbert_train.model import REFERENCE_OPS, ModelConfig, SpanBertForPreTraining
@@ -68,13 +69,20 @@ def hf_state_dict(model: SpanBertForPreTraining) -> dict[str, torch.Tensor]:
     }
 
 
-def write_hf_tokenizer(tokenizer_file: str | Path, out: Path, model_max_length: int) -> None:
-    """tokenizer.json (truncation/padding off), vocab.txt in id order, tokenizer_config.json, special_tokens_map.json.
+def write_hf_tokenizer(tokenizer_file: str | Path, out: Path, model_max_length: int,
+                       roles: dict | None = None) -> None:  # fmt: skip
+    """tokenizer.json (truncation/padding off), tokenizer_config.json and special_tokens_map.json; `roles`: the
+    dataset manifest's special_ids (default: read off the tokenizer).
 
-    `do_lower_case`, `strip_accents` and `tokenize_chinese_chars` are read off the BERT normaliser, so a cased
-    vocabulary exports with `do_lower_case: false` (transformers' BertTokenizer would otherwise lower-case).
+    WordPiece: BERT's files (`BertTokenizer`, vocab.txt in id order); `do_lower_case`, `strip_accents` and
+    `tokenize_chinese_chars` are read off the BERT normaliser, so a cased vocabulary exports with
+    `do_lower_case: false` (transformers' BertTokenizer would otherwise lower-case). Any other family:
+    `PreTrainedTokenizerFast` over tokenizer.json, its role tokens made special added tokens (`_role_tokens`).
     """
-    wp = load_tokenizer(tokenizer_file)
+    wp = load_tokenizer(tokenizer_file, roles=roles)
+    if wp.words.kind != "wordpiece":
+        _write_fast_tokenizer(wp, out, model_max_length)
+        return
     spec = json.loads(wp.to_json())
     norm = spec.get("normalizer") or {}
     parts = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
@@ -96,13 +104,41 @@ def write_hf_tokenizer(tokenizer_file: str | Path, out: Path, model_max_length: 
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
 
 
+def _write_fast_tokenizer(tok, out: Path, model_max_length: int) -> None:
+    names = {role: tok.id_to_token(i) for role, i in tok.special_ids.items() if i is not None}
+    specials = {f"{role}_token": name for role, name in names.items()}
+    specials.update(bos_token=names["cls"], eos_token=names["sep"])  # RoBERTa's <s> and </s> play both parts
+    (out / "tokenizer.json").write_text(_role_tokens(tok.to_json(), tok.special_ids, names), encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "clean_up_tokenization_spaces": False, **specials}  # fmt: skip
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+
+
+def _role_tokens(text: str, ids: dict, names: dict) -> str:
+    """tokenizer.json text whose role tokens are all special added tokens (a converted SentencePiece model keeps
+    `<mask>` and `<pad>` as plain pieces), MASK with lstrip: in "is <mask>." the space goes with the mask, as the
+    space of a masked word went with its masked tokens in training."""
+    spec = json.loads(text)
+    added = {t["content"]: t for t in spec.get("added_tokens") or []}
+    for role, name in names.items():
+        entry = added.get(name) or {"id": ids[role], "content": name, "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False}  # fmt: skip
+        entry["special"] = True
+        entry["lstrip"] = entry["lstrip"] or role == "mask"
+        added[name] = entry
+    spec["added_tokens"] = sorted(added.values(), key=lambda t: t["id"])
+    return json.dumps(spec, ensure_ascii=False)
+
+
 def _is_previous_export(path: Path) -> bool:
     return (path / MARKER).is_file() and (path / "config.json").is_file()
 
 
 def export_model(model: SpanBertForPreTraining, tokenizer_file: str | Path, out: str | Path,
-                 provenance: dict | None = None) -> Path:  # fmt: skip
+                 provenance: dict | None = None, roles: dict | None = None) -> Path:  # fmt: skip
     """Write `model` and its tokenizer as a Hugging Face BERT directory at `out` (atomically); return `out`.
+    `roles`: the dataset's special_ids (its PAD becomes config.json's pad_token_id).
 
     Refuses an existing non-empty `out` unless it is a previous export (then it is replaced).
     """
@@ -120,13 +156,15 @@ def export_model(model: SpanBertForPreTraining, tokenizer_file: str | Path, out:
     tmp.mkdir()
     try:
         hf = cfg.to_hf_config()
+        if roles is not None:
+            hf["pad_token_id"] = roles["pad"]
         hf.update({key: getattr(cfg, name) for key, name in SBO_CONFIG_KEYS.items()})
         (tmp / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
         save_file(hf_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         sbo = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
                if k.startswith(SBO_PREFIX)}  # fmt: skip
         save_file(sbo, str(tmp / SBO_WEIGHTS), metadata={"format": "pt"})
-        write_hf_tokenizer(tokenizer_file, tmp, cfg.max_position_embeddings)
+        write_hf_tokenizer(tokenizer_file, tmp, cfg.max_position_embeddings, roles)
         record = {"format": "spanbert-hf-export", "created_by": f"spanbert {__version__}", **(provenance or {})}
         (tmp / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
         # Swap in: move an old export aside first so `out` never holds a mix of two exports.
@@ -166,11 +204,11 @@ def checkpoint_model_config(meta: dict, vocab_size: int) -> ModelConfig:
 def export_checkpoint(source: str | Path, out: str | Path, data: str | Path | None = None) -> Path:
     """Export the checkpoint (or a run's latest good one) at `source` to a HF directory at `out`.
 
-    The tokenizer comes from the training dataset named in the checkpoint's config (`data` overrides it
-    when the dataset has moved).
+    The tokenizer comes from the training dataset named in the checkpoint's config (the first, in a blend: they
+    share it; `data` overrides it when the dataset has moved).
     """
     ckpt, meta = resolve_checkpoint(source)
-    where = str(data) if data else ((meta.get("config") or {}).get("data") or {}).get("path", "")
+    where = str(data) if data else next(iter(dataset_paths(meta.get("config"))), "")
     dataset = Location.of(where)  # a directory, or a URL: its manifest and tokenizer are read from there
     if dataset.local is not None and not (dataset.local / MANIFEST).is_file():
         raise ExportError(f"{dataset}: the training dataset (for its tokenizer) is not there; pass --data DATASET_DIR")
@@ -198,7 +236,7 @@ def _export(ckpt: Path, meta: dict, manifest: dict, tokenizer_file: Path, datase
     except (SafetensorError, RuntimeError) as e:
         raise ExportError(f"{ckpt / WEIGHTS}: cannot be loaded into the checkpoint's model ({e})") from None
     provenance = {"source": str(ckpt.resolve()), "step": meta.get("step"), "dataset": dataset}
-    return export_model(model, tokenizer_file, out, provenance)
+    return export_model(model, tokenizer_file, out, provenance, manifest["tokenizer"].get("special_ids"))
 
 
 # ------------------------------------------------------------------------------------------------- SBO head

@@ -2,7 +2,9 @@
 
 Only rank 0 writes. metrics.jsonl has one JSON object per line: training rows carry
 `step, loss, loss_mlm, loss_sbo, acc_mlm, acc_sbo, lr, grad_norm, tokens_per_s, skipped_nonfinite`
-(losses in nats, SPEC §4); evaluation rows carry `step, split="valid"` and the same loss/accuracy keys.
+(losses in nats, SPEC §4); evaluation rows carry `step, split="valid"` and the same loss/accuracy keys. Every row
+carries `rows_by_dataset` (each dataset's rows trained on so far, by its --data); with several datasets an
+evaluation row's losses and accuracies are their weighted mean, and `datasets` holds each one's own figures.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def format_row(row: dict) -> str:
         parts.append(f"{row['tokens_per_s']:.0f} tok/s")
     if row.get("skipped_nonfinite"):
         parts.append(f"skipped {row['skipped_nonfinite']}")
+    if isinstance(row.get("datasets"), dict):  # a blend's evaluation: each dataset's own loss beside the mean
+        parts.append(", ".join(f"{name} {r['loss']:.4f}" for name, r in row["datasets"].items() if "loss" in r))
     return " | ".join(parts)
 
 

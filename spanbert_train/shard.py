@@ -17,13 +17,17 @@ import pyarrow as pa
 from spanbert_data.errors import DatasetError
 from spanbert_data.files import HashCheck
 from spanbert_data.location import resolve_inside
-from spanbert_data.packing import record_batch_columns
+from spanbert_data.packing import OFFSET_GROUPS, WORD_STARTS, record_batch_columns
 from spanbert_data.rowcheck import first_bad_row
 
 LIST_COLUMNS = (
     "example_lengths", "mlm_positions", "mlm_labels", "sbo_positions",
     "sbo_left", "sbo_right", "sbo_offsets", "sbo_labels",
 )  # fmt: skip
+# LIST_COLUMNS by their entries per row, the same within a group (docs/FORMAT.md; packing.record_batch_columns checks
+# it when a shard is opened): one set of copy indices per group serves all its columns.
+# The optional word-start flags of MLM targets (a subword tokenizer's dataset) travel with the MLM group.
+LIST_GROUPS = tuple(tuple(c for c in group if c in LIST_COLUMNS or c == WORD_STARTS[0]) for group in OFFSET_GROUPS)
 
 
 class Shard:
@@ -91,6 +95,20 @@ class Shard:
         if self.hash_check is not None:
             self.hash_check.ensure()
 
+    # The download thread's interface (spanbert_train.remote_data.RemoteShard), for a local shard in a blend with a
+    # dataset in object storage: nothing to download or let go of; `ensure` hashes it ahead of need.
+    def prefetch(self, chunk: int) -> None:
+        """A local shard is already here."""
+
+    def downloaded(self) -> bool:
+        return True
+
+    def ensure(self, chunk: int | None) -> None:
+        self.verify_bytes()
+
+    def release_after(self, chunk: int) -> None:
+        """A local shard holds no place in the cache."""
+
 
 class RowSource:
     """Rows of a list of shards addressed by one index 0..N-1, gathered into batches."""
@@ -132,30 +150,42 @@ class RowSource:
         checked structurally (spanbert_data.rowcheck) unless `check` is False (benchmarks only): a bad row
         raises DatasetError naming the shard, the row and what is wrong, before any tensor is made."""
         shard, local = self._locate(rows)
-        groups = [(s, shard == s) for s in np.unique(shard)]
-        for s, _ in groups:
+        groups = []  # (shard, its rows' local indices, their places in `rows`), one per shard the rows touch
+        for s in np.unique(shard):
             self.shards[s].verify_bytes()
-        first = self.shards[0].columns["input_ids"]
+            at = np.flatnonzero(shard == s)
+            groups.append((self.shards[s], local[at], at))
+        # dtypes and width from a shard of these rows (all shards of a blend share them): touching another shard
+        # would make a remote one download
+        ref = groups[0][0] if groups else self.shards[0]
+        first = ref.columns["input_ids"]
         ids = np.empty((len(rows), first.shape[1]), dtype=first.dtype)
-        for s, sel in groups:
-            ids[sel] = self.shards[s].columns["input_ids"][local[sel]]
+        for sh, loc, at in groups:
+            ids[at] = sh.columns["input_ids"][loc]
         out = {"input_ids": ids}
-        for name in LIST_COLUMNS:
-            lengths = self.counts(rows, name)
+        for group in LIST_GROUPS:
+            group = tuple(name for name in group if name in ref.columns)  # every shard or none has word starts
+            lengths, starts = np.empty(len(rows), dtype=np.int64), []
+            for sh, loc, at in groups:
+                off = sh.columns[group[0]][0]
+                starts.append(off[loc].astype(np.int64))
+                lengths[at] = off[loc + 1] - starts[-1]
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            values = np.empty(int(offsets[-1]), dtype=self.shards[0].columns[name][1].dtype)
-            for s, sel in groups:
-                src_off, src_val = self.shards[s].columns[name]
-                n = lengths[sel]
-                # Ragged copy: entry j of row i goes from src_start[i] + j to dst_start[i] + j.
+            values = {name: np.empty(int(offsets[-1]), dtype=ref.columns[name][1].dtype) for name in group}
+            for (sh, _, at), start in zip(groups, starts, strict=True):
+                n = lengths[at]
+                # Ragged copy: entry j of row i goes from start[i] + j to offsets[i] + j.
                 within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-                src = np.repeat(src_off[local[sel]].astype(np.int64), n) + within
-                dst = np.repeat(offsets[:-1][sel], n) + within
-                values[dst] = src_val[src]
-            out[name] = (offsets, values)
+                src = np.repeat(start, n) + within
+                dst = np.repeat(offsets[at], n) + within
+                head = int(sh.columns[group[0]][0][0])
+                for name in group:  # a column's offsets are the first one's plus the difference of their starts
+                    off, val = sh.columns[name]
+                    values[name][dst] = val[src if off[0] == head else src + (int(off[0]) - head)]
+            out.update((name, (offsets, values[name])) for name in group)
         if check:
-            vocab = self.shards[0].vocab_size
+            vocab = ref.vocab_size
             found = first_bad_row(out, vocab if vocab is not None else np.iinfo(np.int64).max)
             if found is not None:
                 i, what = found

@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from spanbert_data.location import is_url
 from spanbert_train.checkpoint import (
     latest_good,
     list_checkpoints,
@@ -33,11 +32,11 @@ from spanbert_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from spanbert_train.config import TrainConfig
-from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry
+from spanbert_train.config import TrainConfig, dataset_paths
+from spanbert_train.data import Dataset, TrainLoader, check_batch_geometry, open_blend
 from spanbert_train.dist import raise_on_every_rank, setup_distributed, shutdown_distributed
 from spanbert_train.errors import CheckpointError, ConfigError, TrainingError
-from spanbert_train.evaluate import dataset_word_starts, evaluate_model, unigram_entropy
+from spanbert_train.evaluate import blend_results, dataset_word_starts, evaluate_model, unigram_entropy
 from spanbert_train.export import load_hf_weights, model_config_from_hf
 from spanbert_train.metrics import MetricsLogger
 from spanbert_train.model import ModelConfig, SpanBertForPreTraining
@@ -76,7 +75,8 @@ def model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
                     f"{dataset.vocab_size} ({dataset.root / 'manifest.json'}); build the data with that tokenizer"
                 )
         else:
-            mc = ModelConfig.from_preset(cfg.model.preset, **overrides).with_vocab(dataset.vocab_size)
+            pad = {"pad_token_id": dataset.special_ids["pad"]}  # the dataset's PAD (HF config.json; 0 for BERT's)
+            mc = ModelConfig.from_preset(cfg.model.preset, **{**pad, **overrides}).with_vocab(dataset.vocab_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     if mc.max_position_embeddings < dataset.max_seq_len:
@@ -109,11 +109,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg, d = self.cfg, self.dist
-        storage = None
-        if is_url(cfg.data.path):  # object storage: shards through a local cache (spanbert_train.remote_data)
-            storage = Storage.from_config(cfg.data)
-        self.dataset = Dataset(cfg.data.path, verify=cfg.data.verify, storage=storage)
-        check_batch_geometry(self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
+        # One dataset or a blend (spanbert_train.blend); URLs go through one local cache (spanbert_train.remote_data).
+        self.blend = open_blend(cfg.data.path, cfg.data.weights, cfg.data.verify, Storage.from_config(cfg.data))
+        self.dataset = self.blend.datasets[0]  # tokenizer, vocabulary and row length: the same for all of them
+        check_batch_geometry(self.blend, cfg.data.global_batch_size, cfg.data.micro_batch, d.world)
         self.model_cfg = model_config(cfg, self.dataset)
         self.kernels = resolve_kernels(cfg.kernels, self.device)
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -133,21 +132,23 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if d.world > 1 else None
         self.loader = TrainLoader(
-            self.dataset, cfg.data.global_batch_size, cfg.data.micro_batch, d.rank, d.world, cfg.seed,
+            self.blend, cfg.data.global_batch_size, cfg.data.micro_batch, d.rank, d.world, cfg.seed,
             start=start, prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
+        self.rows_by_dataset = self._rows_by_dataset(self.loader.order.consumed(self.loader.position))
         self.accum = cfg.data.global_batch_size // (cfg.data.micro_batch * d.world)
         self.logger = MetricsLogger(self.out, cfg.max_steps, self.step, cfg.tensorboard) if d.main else None
         self._announce()
 
-    def _resume_or_start(self) -> tuple[int, int]:
-        """Restore the latest good checkpoint when --resume; return the loader position to start from."""
+    def _resume_or_start(self) -> int | tuple[int, int]:
+        """Restore the latest good checkpoint when --resume; return the loader position to start from (the global
+        batch, or (epoch, batch) of a single dataset from a checkpoint of before blends)."""
         found = latest_good(self.out, warn=self.say) if self.cfg.resume else None
         if found is None:
             if not self.cfg.resume and list_checkpoints(self.out):
                 raise ConfigError(f"{self.out} already holds checkpoints; pass --resume or choose a new --out")
             seed_everything(self.cfg.seed + self.dist.rank)  # distinct dropout per rank
-            return (0, 0)
+            return 0
         path, meta = found
         if meta["model_config"] != self.model_cfg.to_dict():
             raise ConfigError(f"{path}: checkpoint was trained with another model config; resume with the same one")
@@ -157,6 +158,8 @@ class Trainer:
                 f"{path}: checkpoint was trained on data of another tokenizer than {self.dataset.root}'s; "
                 "resume with the run's dataset"
             )
+        saved = meta.get("datasets") or [{"path": p, "weight": 1} for p in dataset_paths(meta.get("config"))[:1]]
+        self.blend.check_resume(saved, path)
         saved_gbs = meta["loader"]["global_batch_size"]
         if saved_gbs != self.cfg.data.global_batch_size:
             raise ConfigError(
@@ -174,16 +177,22 @@ class Trainer:
         else:  # another rank count: the data order is unchanged, dropout streams are fresh
             seed_everything(self.cfg.seed + 7919 * self.step + self.dist.rank)
         self.last_saved = path
-        self.say(f"resumed from {path} (step {self.step}, epoch {meta['loader']['epoch']}, "
-                 f"batch {meta['loader']['batch']})")  # fmt: skip
-        return (int(meta["loader"]["epoch"]), int(meta["loader"]["batch"]))
+        loader = meta["loader"]
+        where = f"epoch {loader['epoch']}, batch {loader['batch']}" if "epoch" in loader else ", ".join(
+            f"{d['path']}: epoch {d.get('epoch', 0)}, row {d.get('row', 0)}" for d in loader["datasets"])
+        self.say(f"resumed from {path} (step {self.step}, {where})")
+        return int(loader["global_batch"]) if "global_batch" in loader else (int(loader["epoch"]), int(loader["batch"]))
+
+    def _rows_by_dataset(self, counts) -> dict[str, int]:
+        return {name: int(c) for name, c in zip(self.blend.names, counts, strict=True)}
 
     def _announce(self) -> None:
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        entropy = unigram_entropy([ds.manifest for ds in self.blend.datasets], self.blend.weights)
         resolved = self.cfg.to_dict() | {"resolved_model": self.model_cfg.to_dict(),
-                                         "dataset_unigram_entropy": unigram_entropy(self.dataset.manifest)}  # fmt: skip
+                                         "dataset_unigram_entropy": entropy}  # fmt: skip
         (self.out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         self.say("config: " + json.dumps(resolved))
         tokens = self.cfg.data.global_batch_size * self.dataset.max_seq_len
@@ -193,6 +202,8 @@ class Trainer:
             f"{self.model.num_parameters() / 1e6:.1f}M parameters | global batch {gbs} rows ({tokens} slots) = "
             f"{world} rank(s) × {self.accum} accumulation × {micro} | warm-up {self.warmup}/{self.cfg.max_steps} steps"
         )
+        if len(self.blend.datasets) > 1:
+            self.say(self.blend.summary(gbs))
 
     def say(self, text: str) -> None:
         if self.dist.main:
@@ -256,23 +267,36 @@ class Trainer:
             "acc_mlm": mlm_ok / max(mlm_n, 1), "acc_sbo": sbo_ok / max(sbo_n, 1),
             "lr": lr, "grad_norm": grad_norm, "tokens": data.tokens,
             "skipped_nonfinite": self.skipped_nonfinite, "finite": bool(finite),
+            "rows_by_dataset": self._rows_by_dataset(data.rows_by_dataset),
         }  # fmt: skip
 
     def evaluate(self) -> dict | None:
-        """Held-out losses and accuracies (spanbert_train.evaluate): the same `eval_rows` rows for any launch."""
-        if not self.dataset.valid:
+        """Held-out losses and accuracies (spanbert_train.evaluate): the same `eval_rows` rows of each dataset for any
+        launch; a blend's row holds the weighted mean and each dataset's figures (`datasets`)."""
+        results = {}
+        for name, dataset in zip(self.blend.names, self.blend.datasets, strict=True):
+            if not dataset.valid:
+                continue
+            if self._word_start is None:  # one tokenizer for all the datasets
+                self._word_start = dataset_word_starts(dataset)
+            result = evaluate_model(
+                self.model, dataset, split="valid", max_rows=self.cfg.eval_rows,
+                micro_batch=self.cfg.data.micro_batch, rank=self.dist.rank, world=self.dist.world, device=self.device,
+                autocast=self.autocast if self.device.type == "cuda" else None, word_start=self._word_start,
+            )  # fmt: skip
+            if result is not None and result["targets"] > 0:
+                results[name] = {"loss": self._loss(result), **result}
+        if not results:
             return None
-        if self._word_start is None:
-            self._word_start = dataset_word_starts(self.dataset)
-        result = evaluate_model(
-            self.model, self.dataset, split="valid", max_rows=self.cfg.eval_rows,
-            micro_batch=self.cfg.data.micro_batch, rank=self.dist.rank, world=self.dist.world, device=self.device,
-            autocast=self.autocast if self.device.type == "cuda" else None, word_start=self._word_start,
-        )  # fmt: skip
-        if result is None or result["targets"] == 0:
-            return None
-        loss = result["loss_mlm"] + (self.cfg.sbo_weight * result["loss_sbo"] if result["sbo_targets"] else 0.0)
-        return {"step": self.step, "split": "valid", "loss": loss, **result}
+        if len(self.blend.datasets) == 1:
+            result = next(iter(results.values()))
+        else:
+            result = blend_results(results, dict(zip(self.blend.names, self.blend.weights, strict=True)))
+            result = {"loss": self._loss(result), **result}
+        return {"step": self.step, "split": "valid", **result, "rows_by_dataset": self.rows_by_dataset}
+
+    def _loss(self, result: dict) -> float:
+        return result["loss_mlm"] + (self.cfg.sbo_weight * result["loss_sbo"] if result["sbo_targets"] else 0.0)
 
     def save(self) -> None:
         """Checkpoint the current step on rank 0 with every rank's RNG state; all ranks wait for it."""
@@ -286,6 +310,7 @@ class Trainer:
                 "loader": self.loader.state_dict(), "world_size": self.dist.world,
                 "skipped_nonfinite": self.skipped_nonfinite,
                 "tokenizer_sha256": self.dataset.manifest["tokenizer"].get("sha256"),
+                "datasets": self.blend.describe(),
             }  # fmt: skip
             self.last_saved = save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
                                               meta, states, self.cfg.keep_last)  # fmt: skip
@@ -307,6 +332,7 @@ class Trainer:
                 if self.step >= cfg.max_steps:
                     break
                 row = self.train_step(data)
+                self.rows_by_dataset = row["rows_by_dataset"]
                 if not self.stop_requested:  # on SIGTERM the step is saved first; a resumed run meets the data
                     self._stop_on_bad_data(self.bad_data_votes)
                 self.step += 1
@@ -379,7 +405,7 @@ class Trainer:
         """Stop the loader's threads and let go of DDP, which holds the process group (see spanbert_train.dist)."""
         self.ddp = None
         self.loader.close()
-        self.dataset.close()
+        self.blend.close()
         if self.logger:
             self.logger.close()
 

@@ -5,9 +5,13 @@ builds batches would stall it. This thread runs beside it instead (`hashlib` rel
 the order the rank will need the shards:
 
 1. the validation shards (hash, then every row structurally), before the first training step;
-2. the shards of the current training epoch that this rank reads, in order of first use;
-3. those of the next epoch once the batch builder has entered the current one (one epoch of look-ahead:
+2. the shards that this rank reads in the current *chunk*, in order of first use;
+3. those of the next chunk once the batch builder has entered the current one (one chunk of look-ahead:
    a run that ends early does not hash mask epochs it never reaches).
+
+A chunk is the run of global batches in which no dataset changes training epoch (BlendOrder.chunk_end): with one
+dataset, one training epoch; in a blend, it ends wherever some dataset starts its next epoch, so each dataset's
+shards are hashed in its own order of use, one epoch ahead of its own need.
 
 The batch builder still calls `Shard.verify_bytes()` itself before it gathers rows (a no-op once done, a
 wait when the hash is in flight), so correctness never depends on this thread keeping ahead; only speed
@@ -31,13 +35,15 @@ class VerifyAhead:
     """Check shards for one rank ahead of its batch builder (see the module docstring)."""
 
     def __init__(self, training: list[Shard], valid: RowSource | None, plan: Callable[[int, int], list[Shard]],
-                 start: tuple[int, int], stop: threading.Event):  # fmt: skip
-        """`training`: every training shard; `valid`: the validation rows; `plan(epoch, batch)`: the shards this
-        rank reads in training epoch `epoch` from global batch `batch` on, in order of first use."""
+                 start: int, chunk_end: Callable[[int], int], stop: threading.Event):  # fmt: skip
+        """`training`: every training shard that will be read; `valid`: the validation rows; `plan(first, end)`: the
+        shards this rank reads in global batches first .. end-1, in order of first use; `start`: the first global
+        batch; `chunk_end(b)`: the end of the chunk that begins at global batch b."""
         self.training, self.valid, self.plan, self.start_at, self.stop = training, valid, plan, start, stop
+        self.chunk_end = chunk_end
         self.error: BaseException | None = None
         self.valid_checked = threading.Event()  # set once the validation rows are checked (or failed)
-        self.producing_epoch = start[0]  # the training epoch the batch builder is in (it updates this)
+        self.producing_batch = start  # the global batch the batch builder is at (it updates this)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -48,8 +54,8 @@ class VerifyAhead:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def step_built(self, epoch: int, index: int) -> None:
-        """Called by the batch builder after each step it built (a remote dataset lets go of shards here)."""
+    def step_built(self, batch: int) -> None:
+        """Called by the batch builder after each global batch it built (a remote dataset lets go of shards here)."""
 
     def _run(self) -> None:
         try:
@@ -79,13 +85,14 @@ class VerifyAhead:
         return any(not shard.verified for shard in self.training)
 
     def _hash_training_shards(self) -> None:
-        epoch, index = self.start_at
+        first = self.start_at
         while self._pending():
-            for shard in self.plan(epoch, index):
+            end = self.chunk_end(first)
+            for shard in self.plan(first, end):
                 if self.stop.is_set():
                     return
                 shard.verify_bytes()
-            epoch, index = epoch + 1, 0
-            while self.producing_epoch < epoch - 1:  # one epoch of look-ahead
+            done, first = first, end
+            while self.producing_batch < done:  # one chunk of look-ahead
                 if self.stop.wait(0.2):
                     return

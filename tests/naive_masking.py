@@ -43,8 +43,8 @@ def budget(n: int, ratio: float) -> int:
 
 
 def _words(tokens, word_start):
-    """[start, end) of every word; position 0 always starts one."""
-    starts = [i for i in range(len(tokens)) if i == 0 or word_start[tokens[i]]]
+    """[start, end) of every word; position 0 always starts one. word_start: one flag per token."""
+    starts = [i for i in range(len(tokens)) if i == 0 or word_start[i]]
     return list(zip(starts, starts[1:] + [len(tokens)], strict=False))
 
 

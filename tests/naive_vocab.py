@@ -31,14 +31,45 @@ def naive_vocab(counts: dict[str, int], vocab_size: int, min_frequency: int = 2,
         if new not in known:
             known.add(new)
             vocab.append(new)
-        for k, seq in enumerate(seqs):
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[k] = out
+        _merge_everywhere(seqs, best, new)
     return vocab
+
+
+def naive_bpe(counts: dict[bytes, int], vocab_size: int, min_frequency: int = 2) -> tuple[list[bytes], list]:
+    """(tokens as bytes in id order after the 5 specials, merges as byte pairs) of the deterministic byte-level BPE
+    training (bpe_vocab.py): the same rule over bytes, with no continuation prefix."""
+    vocab = [bytes([b]) for b in range(256)]
+    known, merges = set(vocab), []
+    seqs = [[bytes([b]) for b in w] for w in counts]
+    weights = list(counts.values())
+    while 5 + len(vocab) < vocab_size:
+        pairs: Counter = Counter()
+        for seq, n in zip(seqs, weights, strict=True):
+            for x, y in zip(seq, seq[1:], strict=False):
+                pairs[(x, y)] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p[0] + p[1], len(p[0])))
+        if pairs[best] < min_frequency:
+            break
+        new = best[0] + best[1]
+        merges.append(best)
+        if new not in known:
+            known.add(new)
+            vocab.append(new)
+        _merge_everywhere(seqs, best, new)
+    return vocab, merges
+
+
+def _merge_everywhere(seqs: list[list], pair: tuple, new) -> None:
+    """Replace every occurrence of `pair` in each sequence, left to right without overlap, by `new` (in place)."""
+    for k, seq in enumerate(seqs):
+        out, i = [], 0
+        while i < len(seq):
+            if i + 1 < len(seq) and (seq[i], seq[i + 1]) == pair:
+                out.append(new)
+                i += 2
+            else:
+                out.append(seq[i])
+                i += 1
+        seqs[k] = out

@@ -19,7 +19,7 @@ from spanbert_data.masking import (
     replacement_cdf,
     span_length_probs,
 )
-from spanbert_data.tokenizer import word_start_table
+from spanbert_data.words import word_start_table
 from tests.naive_masking import Stream, mix64, naive_mask_block
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -104,8 +104,10 @@ def _block(m: MaskedBlocks, b: int):
 
 
 def _run(blocks, keys, ws, cdf, cfg, seed=7, epoch=0, diagnostics=False, mask_id=MASK_ID):
+    """mask_blocks with the word starts of a WordPiece-like table `ws` gathered at the tokens."""
     tokens, offsets = _flat(blocks)
-    return mask_blocks(tokens, offsets, np.asarray(keys, np.int64), ws, cdf, mask_id, cfg, seed, epoch, diagnostics)
+    return mask_blocks(tokens, offsets, np.asarray(keys, np.int64), ws[tokens], cdf, mask_id, cfg, seed, epoch,
+                       diagnostics)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- exact
@@ -164,7 +166,7 @@ def test_identical_to_naive_twin(fake_vocab, scheme, replacement):
         m = _run(blocks, keys, ws, cdf, cfg, seed=11, epoch=3, diagnostics=True)
         drawn = []
         for b, (block, key) in enumerate(zip(blocks, keys, strict=True)):
-            want = naive_mask_block(block.tolist(), ws, cdf.tolist(), MASK_ID, cfg, 11, 3, int(key))
+            want = naive_mask_block(block.tolist(), ws[block].tolist(), cdf.tolist(), MASK_ID, cfg, 11, 3, int(key))
             got = _block(m, b)
             for field in got:
                 assert got[field] == want[field], (scheme, b, field)
@@ -190,7 +192,7 @@ def test_int32_tokens_and_empty_input(fake_vocab):
     assert empty.mlm_offsets.tolist() == [0] and empty.mlm_positions.size == 0
     # Read-only inputs, as zero-copy views of memory-mapped Arrow buffers are.
     tokens, offsets = _flat(blocks)
-    ro = [a.copy() for a in (tokens, offsets, ws, cdf)]
+    ro = [a.copy() for a in (tokens, offsets, ws[tokens], cdf)]
     for a in ro:
         a.flags.writeable = False
     m_ro = mask_blocks(ro[0], ro[1], np.arange(5, dtype=np.int64), ro[2], ro[3], MASK_ID, MaskingConfig(), 7, 0)
@@ -414,8 +416,8 @@ def test_input_errors(fake_vocab):
     tokens, offsets = _flat(_fake_blocks(3, seed=10))
     keys = np.arange(3, dtype=np.int64)
     cfg = MaskingConfig()
-    ok = dict(tokens=tokens, offsets=offsets, block_keys=keys, word_start=ws, cdf=cdf, mask_id=MASK_ID, cfg=cfg,
-              seed=0, epoch=0)  # fmt: skip
+    ok = dict(tokens=tokens, offsets=offsets, block_keys=keys, word_starts=ws[tokens], cdf=cdf, mask_id=MASK_ID,
+              cfg=cfg, seed=0, epoch=0)  # fmt: skip
     bad = [
         ({"tokens": tokens.astype(np.float32)}, "tokens"),
         ({"offsets": offsets[:-1]}, "offsets"),
@@ -424,6 +426,7 @@ def test_input_errors(fake_vocab):
         ({"cdf": np.linspace(0.5, 1.0, 200)}, r"\[MASK\]"),
         ({"cdf": cdf[:-1]}, "cdf"),
         ({"tokens": np.where(tokens == tokens[0], 250, tokens).astype(np.uint16)}, "outside the vocab"),
+        ({"word_starts": ws}, "one flag per token"),
         ({"seed": -1}, "seed"),
     ]
     for change, message in bad:

@@ -107,15 +107,21 @@ def test_literal_special_text_is_ordinary_text(from_json, trained):
         assert tok.decode(flat).replace(" ", "").lower() == "[mask][cls][sep][pad]x[mask]y"
 
 
-def test_special_id_from_text_is_refused():
-    # Without normaliser and pre-tokenizer "[MASK]" is one WordPiece word matching the [MASK] entry:
-    # encode_special_tokens alone does not stop it, the guard in encode_lines must.
+def test_special_id_from_text_becomes_unk():
+    # Without normaliser and pre-tokenizer "[MASK]" is one WordPiece word matching the [MASK] entry (a Unigram
+    # vocabulary holding "<mask>" as a piece does the same): encode_special_tokens alone does not stop it, the
+    # guard in encode_lines turns it into [UNK], or refuses it where the tokenizer has no unknown token.
     raw = Tokenizer.from_file(str(JSON_PATH))
     raw.pre_tokenizer = None
     raw.normalizer = None
-    tok = tokmod.WordPieceTokenizer(raw, "odd.json")
-    with pytest.raises(TokenizerError, match=r"odd.json.*\[MASK\]"):
-        tok.encode_lines(["[MASK]"])
+    tok = tokmod.SubwordTokenizer(raw, "odd.json")
+    assert raw.encode("[MASK]", add_special_tokens=False).ids == [103]
+    assert tok.encode_lines(["[MASK]"])[0].tolist() == [100]
+    ids, _, starts = tok.encode_with_words(["[MASK] x"])
+    assert ids.tolist() == [100] and starts.tolist() == [True]
+    no_unk = tokmod.SubwordTokenizer(raw, "odd.json", roles={**tok.special_ids, "unk": None})
+    with pytest.raises(TokenizerError, match=r"odd.json.*\[MASK\].*no unknown token"):
+        no_unk.encode_lines(["[MASK]"])
 
 
 def test_trained_vocab_is_cased_bert_wordpiece(trained):
@@ -189,6 +195,10 @@ def _bpe_json():
     return Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).to_str()
 
 
+def _word_level_json():
+    return Tokenizer(models.WordLevel(vocab={"a": 0, "[UNK]": 1}, unk_token="[UNK]")).to_str()
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
@@ -198,7 +208,8 @@ def _bpe_json():
         (b"\xff\xfe\xfa bad utf8", "binary"),
         (b'{"version": "1.0", ', "invalid JSON"),
         (b'{"hello": 1}', "model"),
-        (_bpe_json().encode(), "not WordPiece"),
+        (_word_level_json().encode(), "model is 'WordLevel'; pass a WordPiece, BPE or Unigram"),
+        (_bpe_json().encode(), r"no CLS \(\[CLS\] or <s>\), SEP .*, MASK .*, PAD .* token; add them"),
         (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n", r"\[MASK\]"),
         (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nhello\n", "twice"),
         (b"The quick brown fox.\nIt jumped over the dog.\n", "not a BERT vocab.txt"),
@@ -221,10 +232,13 @@ def test_tokenizer_json_missing_special_is_refused(tmp_path):
     spec["post_processor"] = None
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(spec), encoding="utf-8")
-    with pytest.raises(TokenizerError, match=r"\[SEP\]"):
+    with pytest.raises(TokenizerError, match=r"no SEP \(\[SEP\] or </s>\) token; add it"):
         load_tokenizer(path)
-    with pytest.raises(TokenizerError, match="no such file"):
-        load_tokenizer(tmp_path)  # a directory
+    with pytest.raises(TokenizerError, match=r"no SEP .*tokenizer.json"):
+        load_tokenizer(tmp_path)  # a folder holding that tokenizer.json
+    path.unlink()
+    with pytest.raises(TokenizerError, match="a folder without tokenizer.json"):
+        load_tokenizer(tmp_path)
 
 
 def test_train_wordpiece_validates_arguments():

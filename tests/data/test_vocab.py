@@ -22,7 +22,7 @@ from spanbert_data.build import build_dataset
 from spanbert_data.config import BuildConfig
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
 from spanbert_data.executor import InlineExecutor
-from spanbert_data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, bert_pipeline, load_tokenizer
+from spanbert_data.tokenizer import SPECIAL_TOKENS, SubwordTokenizer, bert_pipeline, load_tokenizer
 from spanbert_data.units import Unit, plan_sources
 from spanbert_data.vocab import (
     WordSplitter,
@@ -41,7 +41,7 @@ SAMPLE = REPO / "examples" / "wiki" / "enwiki-sample.jsonl"
 CLI = [str(Path(sys.executable).parent / "spanbert-data")]
 
 
-def tokens_of(tok: WordPieceTokenizer) -> list[str]:
+def tokens_of(tok: SubwordTokenizer) -> list[str]:
     return [tok.id_to_token(i) for i in range(tok.vocab_size)]
 
 
@@ -192,7 +192,7 @@ def test_quality_matches_the_tokenizers_trainer_on_held_out_text():
     ours = train_from_counts(dict(count_words(train)), 8000)
     words = len(WordSplitter().words("\n".join(held)))
     ours_tpw = ours.encode_lines(held)[0].size / words
-    peer_tpw = WordPieceTokenizer(peer).encode_lines(held)[0].size / words
+    peer_tpw = SubwordTokenizer(peer).encode_lines(held)[0].size / words
     assert ours.vocab_size == 8000 and 1.1 < peer_tpw < 2.0
     assert abs(ours_tpw / peer_tpw - 1) < 0.02, (ours_tpw, peer_tpw)
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, normalizers
 from spanbert_data import wordpiece_tables
 from spanbert_data.corpus import CorpusStats, list_corpus_files, read_documents
 from spanbert_data.errors import TokenizerError
-from spanbert_data.tokenizer import WordPieceTokenizer, load_tokenizer
+from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from spanbert_data.vocab import train_wordpiece
 from spanbert_data.wordpiece import FastWordPiece, UnsupportedTokenizer, _build_trie, _child, _wordpiece, line_bytes
 from spanbert_data.wordpiece_tables import ROUTE, char_tables
@@ -49,28 +49,28 @@ def asset_lines() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def uncased() -> WordPieceTokenizer:
+def uncased() -> SubwordTokenizer:
     return load_tokenizer(UNCASED_JSON)
 
 
 @pytest.fixture(scope="module")
-def cased() -> WordPieceTokenizer:
+def cased() -> SubwordTokenizer:
     """A cased vocabulary trained on the bundled corpus (the build's default tokenizer)."""
     return train_wordpiece(corpus_lines(REPO / "examples" / "wiki"), vocab_size=8000)
 
 
-def compiled(tok: WordPieceTokenizer) -> FastWordPiece:
+def compiled(tok: SubwordTokenizer) -> FastWordPiece:
     """The tokenizer's compiled encoder (built at its first encode)."""
     tok.encode_lines(["warm up"])
     return tok._fast
 
 
-def hf_reference(tok: WordPieceTokenizer, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def hf_reference(tok: SubwordTokenizer, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encs = tok._tok.encode_batch_fast(lines, add_special_tokens=False)
     return np.array([i for e in encs for i in e.ids], np.int32), np.array([len(e.ids) for e in encs], np.int64)
 
 
-def assert_same_ids(tok: WordPieceTokenizer, lines: list[str]) -> None:
+def assert_same_ids(tok: SubwordTokenizer, lines: list[str]) -> None:
     assert tok.encoder == "fast"
     flat, lens = tok.encode_lines(lines)
     want_flat, want_lens = hf_reference(tok, lines)
@@ -121,7 +121,7 @@ def test_generated_strings_many_seeds(vocab, seed, request):
 def test_other_bert_normaliser_settings(uncased, flags):
     raw = Tokenizer.from_str(uncased.to_json())
     raw.normalizer = normalizers.BertNormalizer(**flags)
-    tok = WordPieceTokenizer(raw, "variant")
+    tok = SubwordTokenizer(raw, "variant")
     assert_same_ids(tok, generate(10_000, seed=7, vocab=sorted(raw.get_vocab())) + asset_lines()[:3000])
 
 

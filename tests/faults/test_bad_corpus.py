@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from tokenizers import Tokenizer, models
 
 from tests.faults.helpers import DATA_CLI, EXAMPLE, VOCAB, assert_clean_error, run, split_corpus
 from tests.faults.test_build_kills import assert_nothing_partial
@@ -137,12 +138,13 @@ def test_missing_empty_and_unusable_corpus_are_refused(tmp_path):
     [
         (bytes(range(256)) * 8, "binary file, not a tokenizer"),
         (b"", "empty file"),
-        (b'{"model": {"type": "BPE", "vocab": {}, "merges": []}}', "not WordPiece"),
+        (b'{"model": {"type": "WordLevel", "vocab": {}, "unk_token": "x"}}', "model is 'WordLevel'; pass a"),
+        (Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).to_str().encode(), "no CLS ([CLS] or <s>), SEP"),
         (b'{"not": "a tokenizer"}', "without a tokenizer 'model'"),
         (b'{"model": ', "invalid JSON"),
         (b"Dear diary,\ntoday I wrote a README instead of a vocabulary.\n", "not a BERT vocab.txt"),
     ],
-    ids=["binary", "empty", "bpe", "other-json", "torn-json", "prose"],
+    ids=["binary", "empty", "word-level", "bpe-without-specials", "other-json", "torn-json", "prose"],
 )
 def test_file_that_is_not_a_tokenizer_is_refused(content, says, tmp_path):
     corpus = split_corpus(EXAMPLE, tmp_path / "corpus", pieces=1)

@@ -5,7 +5,8 @@ here): the CLIs run as a user runs them, with the AWS variables set and the URL 
 - training from s3:// gives the local losses; with a cache limit below two mask epochs the cache never exceeds it,
   and a server stopped while the run downloads (and restarted on the same port) is survived by retries;
 - a corrupted or missing object is refused by name; a download that keeps failing stops with one line;
-- a killed remote build resumes from the markers in the bucket (also from a fresh staging directory).
+- a killed remote build resumes from the markers in the bucket (also from a fresh staging directory);
+- a blend of a dataset in the bucket and a local one (issue 23) trains as the same blend of local files.
 """
 
 from __future__ import annotations
@@ -178,6 +179,36 @@ def test_a_run_from_s3_stopped_mid_epoch_resumes_to_the_local_losses(s3, remote,
     done = run(cmd, env=s3.env)
     assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
     assert train_losses(out) == local_losses
+
+
+@pytest.fixture(scope="module")
+def books(local, tmp_path_factory) -> Path:
+    """A second, local dataset of six other articles with the first one's tokenizer (a blend needs one tokenizer)."""
+    corpus = tmp_path_factory.mktemp("books-corpus") / "books.jsonl"
+    corpus.write_bytes(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[10:16]))
+    out = tmp_path_factory.mktemp("books") / "ds"
+    done = run([*DATA_CLI, "build", "--corpus", corpus, "--out", out, *OPTIONS, "--tokenizer",
+                local / "tokenizer.json"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_blend_of_a_dataset_in_s3_and_a_local_one_trains_as_from_local_files(s3, local, remote, books, tmp_path):
+    """Weights 1,3 over 16 steps: the bucket's dataset gives 12 rows per step, the local one 36 and crosses into its
+    next epoch (another mask epoch), so the bucket's shards are fetched and let go of chunk by chunk (the chunks end
+    where the local dataset's epochs do). Losses and rows per dataset equal those of the same blend read locally."""
+    blend = ["--data-weights", "1,3", "--max-steps", "16"]
+    ref = run([*TRAIN_CLI, "--data", local, "--data", books, "--out", tmp_path / "ref", *TRAIN, *blend])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "run"
+    done = run([*TRAIN_CLI, "--data", remote, "--data", books, "--out", out, *TRAIN, *blend], env=s3.env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert train_losses(out) == train_losses(tmp_path / "ref") and len(train_losses(out)) == 16
+    last = metrics_rows(out)[-1]["rows_by_dataset"]
+    assert last == {remote: 16 * 12, str(books): 16 * 36}
+    assert f"data: {remote} through the cache " in done.stderr  # the one remote dataset: the cache is its own
+    cache = Path(s3.env["SPANBERT_CACHE"])
+    assert not list((cache / "holds").iterdir()) and not list((cache / "tmp").iterdir())  # all let go of
 
 
 def _cache_bytes(cache: Path) -> int:

@@ -20,7 +20,7 @@ import pytest
 from safetensors.torch import load_file
 
 from spanbert_train.checkpoint import latest_good, list_checkpoints, read_meta
-from tests.faults.helpers import ENV, TINY_MODEL, TRAIN_CLI, run, spawn, train_losses, wait_for
+from tests.faults.helpers import ENV, TINY_MODEL, TRAIN_CLI, metrics_rows, run, spawn, train_losses, wait_for
 from tests.train.dataset_fixture import make_dataset
 
 STEPS = 14
@@ -93,8 +93,10 @@ def kill_after(cmd: list, seconds: float) -> bool:
     return proc.wait() == -signal.SIGKILL
 
 
-def sigkill_chain(data: Path, out: Path, reference, kills: int, seed: int) -> None:
-    """Alternate kills inside a checkpoint write and at random moments, re-running `--resume` after each."""
+def sigkill_chain(data: Path, out: Path, reference, kills: int, seed: int, command=None) -> None:
+    """Alternate kills inside a checkpoint write and at random moments, re-running `--resume` after each
+    (`command(data, out)`: the command line, default train_cmd's)."""
+    train_cmd = command or globals()["train_cmd"]
     losses, seconds = reference
     rng = random.Random(seed)
     in_write = 0
@@ -126,6 +128,28 @@ def test_sigkill_at_random_moments_and_during_checkpoint_writes(data, reference,
 @pytest.mark.slow
 def test_sigkill_many_times(data, reference, tmp_path):
     sigkill_chain(data, tmp_path / "run", reference, kills=10, seed=12)
+
+
+def blend_cmd(data: tuple[Path, Path], out: Path) -> list:
+    """Two datasets mixed 3,1 (issue 23): 4-row batches of 3 + 1 rows; `data` holds 32 rows, `books` 12, so both
+    cross epochs, at different steps, within the run."""
+    return [*train_cmd(data[0], out), "--data", data[1], "--data-weights", "3,1"]
+
+
+def test_a_blend_killed_and_resumed_gives_the_uninterrupted_losses(data, tmp_path):
+    books = make_dataset(tmp_path / "books", rows=12, mask_epochs=2, valid_rows=0, seed=3)
+    started = time.monotonic()
+    done = run(blend_cmd((data, books), tmp_path / "ref"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = train_losses(tmp_path / "ref")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    rows = [r["rows_by_dataset"] for r in metrics_rows(tmp_path / "ref") if r.get("split", "train") == "train"]
+    assert list(rows[-1].values()) == [3 * STEPS, STEPS]
+    sigkill_chain((data, books), tmp_path / "run", (losses, time.monotonic() - started), kills=2, seed=13,
+                  command=blend_cmd)  # fmt: skip
+    untimed = [[{k: v for k, v in r.items() if k != "tokens_per_s"} for r in metrics_rows(tmp_path / name)]
+               for name in ("run", "ref")]  # fmt: skip
+    assert untimed[0] == untimed[1]  # every row, rows_by_dataset included
 
 
 def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes_exactly(data, reference, tmp_path):

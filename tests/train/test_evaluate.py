@@ -80,9 +80,9 @@ def test_span_words_counts_the_words_a_merged_span_touches():
     labels = np.array([1, 2, 3, 4, 1, 3, 3, 5])
     # run 3-5: starts at id1 (word), id2 (##), id3 (word) -> 2 words; run 9-10: ##, word -> 2 (begins mid-word);
     # row 1: 1-2: two word starts -> 2; 7: a lone ## piece -> 1.
-    assert span_words(offsets, positions, labels, word_start).tolist() == [2, 2, 2, 2, 2, 2, 2, 1]
+    assert span_words(offsets, positions, word_start[labels]).tolist() == [2, 2, 2, 2, 2, 2, 2, 1]
     # Adjacent slots in different rows are different spans.
-    assert span_words(np.array([0, 1, 2]), np.array([5, 6]), np.array([1, 1]), word_start).tolist() == [1, 1]
+    assert span_words(np.array([0, 1, 2]), np.array([5, 6]), np.array([True, True])).tolist() == [1, 1]
 
 
 def test_result_does_not_depend_on_ranks_or_micro_batch(data):
@@ -121,7 +121,7 @@ def test_span_word_buckets_agree_with_inspect(tmp_path):
     table = dataset_word_starts(ds)
     assert np.array_equal(table, load_tokenizer(tokenizer).word_start)
     cols = RowSource(ds.valid).gather(np.arange(sum(s.rows for s in ds.valid)))
-    words = span_words(*cols["mlm_positions"], cols["mlm_labels"][1], table)
+    words = span_words(*cols["mlm_positions"], table[cols["mlm_labels"][1]])
     starts, lengths = _spans(*cols["mlm_positions"])
     is_start = table[cols["mlm_labels"][1].astype(np.int64)]
     expected = np.add.reduceat(is_start.astype(np.int64), starts) + ~is_start[starts]

@@ -56,7 +56,8 @@ def test_columns_are_zero_copy_views_of_the_mapped_file(dataset_dir):
 
 
 def _global_rows(loader: TrainLoader, epoch: int, index: int) -> np.ndarray:
-    step = loader.make_step(epoch, index)
+    step = loader.make_step(loader.order.batch_of(epoch, index))
+    assert (step.epoch, step.index) == (epoch, index)
     return np.concatenate([b.input_ids.numpy() for b in step.micro_batches])
 
 
@@ -76,7 +77,7 @@ def test_global_batch_is_the_same_for_any_rank_count_and_split(dataset_dir):
 
 def test_ranks_read_disjoint_rows_and_global_counts_cover_all_ranks(dataset_dir):
     ds = Dataset(dataset_dir)
-    steps = [TrainLoader(ds, 8, 2, rank, 4, seed=1).make_step(0, 1) for rank in range(4)]
+    steps = [TrainLoader(ds, 8, 2, rank, 4, seed=1).make_step(1) for rank in range(4)]
     ids = [b.input_ids.numpy() for s in steps for b in s.micro_batches]
     assert len({row.tobytes() for batch in ids for row in batch}) == 8
     mlm = sum(len(b.mlm_labels) for s in steps for b in s.micro_batches)
@@ -89,13 +90,15 @@ def test_ranks_read_disjoint_rows_and_global_counts_cover_all_ranks(dataset_dir)
 def test_stream_crosses_epochs_and_resumes_at_a_position(dataset_dir):
     ds = Dataset(dataset_dir)
     loader = TrainLoader(ds, 8, 4, 0, 1, seed=2)
-    assert loader.batches_per_epoch(0) == 6
+    assert loader.order.streams[0].batches(0) == 6
     stream = iter(loader)
     seen = [(s.epoch, s.index, s.micro_batches[0].input_ids.numpy().copy()) for s in itertools.islice(stream, 9)]
     assert [(e, i) for e, i, _ in seen] == [(0, i) for i in range(6)] + [(1, 0), (1, 1), (1, 2)]
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["batch"] == 3
+    assert loader.state_dict()["global_batch"] == 9
     loader.close()
     resumed = TrainLoader(ds, 8, 4, 0, 1, seed=2, start=(0, 5))
+    assert resumed.position == 5 and TrainLoader(ds, 8, 4, 0, 1, seed=2, start=(1, 2)).position == 8
     again = list(itertools.islice(resumed, 3))
     resumed.close()
     for (e, i, ids), s in zip(seen[5:8], again, strict=True):
@@ -167,12 +170,13 @@ def test_shards_are_hashed_lazily_in_order_of_use_and_ahead_of_need(dataset_dir)
     assert not any(s.verified for s in everything)  # opening hashes nothing
     loader = TrainLoader(ds, 8, 4, 1, 2, seed=3)
     touched = []  # the shards this rank's steps read, in order, computed row by row
-    for index in range(loader.batches_per_epoch(0)):
+    for index in range(loader.order.streams[0].batches(0)):
         rows = epoch_order(3, 0, ds.rows(0))[index * 8 : (index + 1) * 8][4:]
         for g in rows:
-            shard = ds.epochs[0][int(np.searchsorted(loader.sources[0].first, g, side="right") - 1)]
+            shard = ds.epochs[0][int(np.searchsorted(RowSource(ds.epochs[0]).first, g, side="right") - 1)]
             if shard not in touched:
                 touched.append(shard)
+    assert loader.order.chunk_end(0) == loader.order.streams[0].batches(0)  # one dataset: a chunk is an epoch
     assert loader.shards_in_order_of_use(0) == touched
     step = next(iter(loader))
     assert step.index == 0 and all(s.verified for s in ds.valid)  # validation first, before step 1
