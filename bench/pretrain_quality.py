@@ -113,16 +113,11 @@ def prepare_data(args, s: dict, out: Path) -> dict[str, Path]:
 def unigram_line(dataset: Path) -> dict:
     """The corpus's unigram entropy, and the held-out MLM targets' cross-entropy under that distribution."""
     from spanbert_train.data import Dataset
-    from spanbert_train.evaluate import unigram_entropy
-    from spanbert_train.shard import RowSource
+    from spanbert_train.evaluate import heldout_unigram_cross_entropy, unigram_entropy
 
     ds = Dataset(dataset)
-    counts = np.asarray(ds.manifest["unigram_counts"], dtype=np.float64)
-    entropy = unigram_entropy(ds.manifest)
-    smoothed = (counts + 0.5) / (counts + 0.5).sum()
-    source = RowSource(ds.valid)
-    labels = source.gather(np.arange(len(source)))["mlm_labels"][1].astype(np.int64)
-    return {"unigram_entropy": entropy, "heldout_targets_unigram_ce": float(-np.log(smoothed[labels]).mean())}
+    return {"unigram_entropy": unigram_entropy(ds.manifest),
+            "heldout_targets_unigram_ce": heldout_unigram_cross_entropy(ds)}
 
 
 def train(name: str, scheme: str, sbo_weight: float, data: Path, s: dict, out: Path, seed: int) -> dict:

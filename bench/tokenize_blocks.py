@@ -81,7 +81,8 @@ def main() -> None:
 
         def full_build():
             out = tmp / f"build-{next(runs)}"
-            cfg = BuildConfig(corpus=tmp / "corpus", out=out, tokenizer=Path(args.tokenizer), encoder=args.encoder)
+            cfg = BuildConfig(corpus=tmp / "corpus", out=out, tokenizer=Path(args.tokenizer), encoder=args.encoder,
+                              workers=1)  # in-process, as pass 1 above
             return build_dataset(cfg, log=lambda _m: None)["tokens"]
 
         rows = {}

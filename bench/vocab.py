@@ -23,6 +23,11 @@ time and as CPU time (this process's threads + its finished worker processes; st
 Also ours on a sample of half the training text (`--vocab-sample-mb`). Quality: tokens per word on the
 held-out documents (words as the BERT pre-tokenizer splits them), and the share of [UNK]. Prints a
 table, writes bench/results/vocab.json (vocab_bpe.json with `--models bpe`).
+
+Speed of the counting step (issue 24; bench/vocab_counting.py): per core, the compiled counter, the plain
+Python counter it replaced and pass 1 on each corpus; with --build-corpus, the default build's whole time
+(and --baseline CHECKOUT's), written to bench/results/vocab_counting.json. `--only speed` skips the comparison
+with the peer, `--only quality` the speed rows.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine_info, write_result
+from bench.vocab_counting import default_build, per_core, print_default_build, print_per_core
 from spanbert_data.bpe_vocab import SPECIALS as BPE_SPECIALS
 from spanbert_data.corpus import CorpusStats, read_documents
 from spanbert_data.listing import list_corpus_files
@@ -185,6 +191,12 @@ def main() -> None:
     ap.add_argument("--unit-mb", type=float, default=4.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--models", nargs="+", choices=list(PEERS), default=list(PEERS))
+    ap.add_argument("--only", choices=["speed", "quality"], default=None, help="one of the two parts (default both)")
+    ap.add_argument("--build-corpus", type=Path, default=None, help="time the default build of this corpus too")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout (with its .venv) whose default build is timed beside ours, e.g. the commit "
+                         "before issue 24")  # fmt: skip
+    ap.add_argument("--build-repeats", type=int, default=3)
     args = ap.parse_args()
     unit_bytes = int(args.unit_mb * (1 << 20))
     corpora = {"wiki sample": SAMPLE}
@@ -193,25 +205,35 @@ def main() -> None:
     else:
         print(f"({args.docs} missing: run bench/make_vocab_corpus.py for the larger corpus)")
     splitter = WordSplitter()
-    results = []
+    results, speed, build = [], {}, None
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'corpus':12s} {'model':9s} {'MB':>5s} {'vocab':>6s} {'trainer':34s} {'wall s':>8s} {'x peer':>7s} "
-          f"{'CPU s':>8s} {'x peer':>7s} {'tok/word':>9s} {'vs peer':>8s} {'[UNK]':>7s}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name, root in corpora.items():
             train_dir = Path(tmp) / name.replace(" ", "_").replace("+", "")
             held, train_bytes = split_corpus(root, train_dir, unit_bytes)
+            if args.only != "quality":
+                speed[name] = per_core(train_dir, unit_bytes, args.repeats)
+                print_per_core(name, speed[name])
+            if args.only == "speed":
+                continue
             words = sum(len(splitter.words("\n".join(held[i : i + 2000]))) for i in range(0, len(held), 2000))
+            print(f"{'corpus':12s} {'model':9s} {'MB':>5s} {'vocab':>6s} {'trainer':34s} {'wall s':>8s} "
+                  f"{'x peer':>7s} {'CPU s':>8s} {'x peer':>7s} {'tok/word':>9s} {'vs peer':>8s} {'[UNK]':>7s}")
             for model in args.models:  # (BERT's words: one denominator for every row, the ratios are the claim)
                 train_ours(train_dir, 300, unit_bytes, 1, 0, model)  # warm-up: Numba cache, imports
                 for vocab_size in args.vocab_sizes:
                     results.append(compare(name, train_dir, train_bytes, held, words, vocab_size, args.repeats,
                                            args.workers, unit_bytes, model))  # fmt: skip
-    load = os.getloadavg()
-    name = "vocab" if "wordpiece" in args.models else "vocab_" + "_".join(args.models)  # keeps WordPiece's file
-    path = write_result(name, {"machine": machine_info(), "load_average_at_end": load, "workers": args.workers,
-                                  "unit_mb": args.unit_mb, "repeats": args.repeats, "results": results})  # fmt: skip
-    print(f"\nwrote {path}")
+    if args.build_corpus is not None and args.only != "quality":
+        build = default_build(args.build_corpus, args.build_repeats, args.baseline)
+        print_default_build(build)
+    common = {"machine": machine_info(), "load_average_at_end": os.getloadavg(), "unit_mb": args.unit_mb,
+              "repeats": args.repeats}  # fmt: skip
+    if speed:
+        print(f"wrote {write_result('vocab_counting', {**common, 'per_core': speed, 'default_build': build})}")
+    if results:
+        name = "vocab" if "wordpiece" in args.models else "vocab_" + "_".join(args.models)  # keeps WordPiece's file
+        print(f"wrote {write_result(name, {**common, 'workers': args.workers, 'results': results})}")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def build_worker(encoder: str, corpus: Path, out: Path, tokenizer: str) -> dict:
     from spanbert_data.build import build_dataset
     from spanbert_data.config import BuildConfig
 
-    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=Path(tokenizer), encoder=encoder)
+    cfg = BuildConfig(corpus=corpus, out=out, tokenizer=Path(tokenizer), encoder=encoder, workers=1)  # in-process
     t0 = time.perf_counter()
     build_dataset(cfg, log=lambda _m: None)
     return {"seconds": time.perf_counter() - t0}

@@ -27,6 +27,7 @@ from spanbert_data.inputs import Corpus
 from spanbert_data.tokenizer import SubwordTokenizer
 from spanbert_data.unit_reader import UnitLines
 from spanbert_data.units import Unit
+from spanbert_data.wordcount import batches
 from spanbert_data.wordpiece_merges import _EMPTY, _token_slot, merge_loop
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's, ids 0-4
@@ -113,15 +114,7 @@ class ByteWordCounts:
 def count_byte_words(lines) -> ByteWordCounter:
     """The pieces of an iterable of lines, counted in batches of about a MB of text."""
     counter = ByteWordCounter()
-    batch: list[str] = []
-    size = 0
-    for line in lines:
-        batch.append(line)
-        size += len(line)
-        if size >= _BATCH_CHARS:
-            counter.add(batch)
-            batch, size = [], 0
-    if batch:
+    for batch in batches(lines, _BATCH_CHARS):
         counter.add(batch)
     return counter
 

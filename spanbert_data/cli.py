@@ -100,7 +100,7 @@ SPLIT = config_option("--split", field="split")
 VOCAB_SIZE = config_option("--vocab-size", field="vocab_size")
 VOCAB_SAMPLE_MB = config_option("--vocab-sample-mb", field="vocab_sample_bytes", scale=MiB)
 UNIT_MB = config_option("--unit-mb", field="unit_bytes", scale=MiB)
-WORKERS = config_option("--workers", field="workers")
+WORKERS = config_option("--workers", field="workers", type=int)
 SCHEDULER = config_option("--scheduler", field="scheduler", metavar="ADDRESS")
 
 
@@ -172,7 +172,7 @@ def vocab(corpus, text_field, split, vocab_size, vocab_model, out, vocab_sample_
     """Train a cased BERT WordPiece (or --model bpe: a byte-level BPE) vocabulary on a corpus (SPEC §1): the same
     file `build` would train."""
     least = 262 if vocab_model == "bpe" else 100
-    if vocab_size < least or vocab_sample_mb < 0 or unit_mb <= 0 or workers < 1:
+    if vocab_size < least or vocab_sample_mb < 0 or unit_mb <= 0 or (workers is not None and workers < 1):
         raise click.UsageError(f"need --vocab-size >= {least}, --vocab-sample-mb >= 0, --unit-mb > 0 and "
                                "--workers >= 1")
     tok, info = corpus_vocabulary(corpus, vocab_size, int(vocab_sample_mb * MiB), int(unit_mb * MiB), workers,

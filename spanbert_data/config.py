@@ -124,8 +124,9 @@ class BuildConfig:
     vocab_sample_bytes: int = 1024 * MiB
     """Train the vocabulary on about this much of the input (whole units chosen by hash, docs/FORMAT.md); 0 = all
     of it."""
-    workers: int = 1
-    """Worker processes (or, with the scheduler 'local', Dask workers); the bytes written never depend on it."""
+    workers: int | None = None
+    """Worker processes (or, with the scheduler 'local', Dask workers) [default: one per usable core, as the CPU
+    affinity and the cgroup CPU quota allow; spanbert_data/cores.py]; the bytes written never depend on it."""
     scheduler: str | None = None
     """Run on Dask: tcp://HOST:8786 (an existing cluster whose workers share the output filesystem) or 'local' (a
     LocalCluster of `workers` processes); needs spanbert[dask]. Default: this machine."""
@@ -156,7 +157,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule it breaks."""
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1")
         if self.encoder not in ENCODERS:
             raise ValueError("encoder must be auto, fast or hf")

@@ -4,8 +4,8 @@ The driver (`build.py`) plans tasks with stable keys, hands them to an executor 
 results; only the driver writes `build.json` and `manifest.json`. A task writes its own output files
 atomically and a completion marker last, so a task that runs twice (a retry, a re-run) is harmless.
 
-- `InlineExecutor`: in this process (`--workers 1`, the default);
-- `PoolExecutor`: a local pool of spawned processes (`--workers N`);
+- `InlineExecutor`: in this process (`--workers 1`);
+- `PoolExecutor`: a local pool of spawned processes (`--workers N`; by default one per usable core, cores.py);
 - `DaskExecutor`: a Dask `distributed` cluster (`--scheduler tcp://HOST:8786`), or a `LocalCluster` of
   `--workers` processes started here (`--scheduler local`). Needs `pip install 'spanbert[dask]'`.
 """
@@ -16,6 +16,8 @@ import ctypes
 import hashlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spanbert_data import tokenizer
+from spanbert_data.cores import usable_cores
 from spanbert_data.errors import BuildError, ExecutorError
 
 Task = tuple[str, tuple]  # (stable key, arguments)
@@ -55,8 +58,8 @@ class Executor:
 
 
 def tokenizer_threads(workers: int) -> int:
-    """Tokenizer threads per worker process so that the machine's cores are shared, not oversubscribed."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """Tokenizer threads per worker process so that the usable cores are shared, not oversubscribed."""
+    return max(1, usable_cores() // max(1, workers))
 
 
 def _on_dask_worker() -> bool:
@@ -114,8 +117,17 @@ class InlineExecutor(Executor):
         return "this process"
 
 
-def _init_pool_worker(threads: int) -> None:
+def _init_pool_worker(threads: int, driver: int) -> None:
     tokenizer.set_tokenizer_threads(threads)
+    threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True, name="spanbert-driver-watch").start()
+
+
+def _exit_with_driver(driver: int) -> None:
+    """End this worker once the driver is gone. A pool worker waits on a queue whose pipe it holds both ends of, so
+    a driver killed with SIGKILL (OOM killer, `kill -9`) would leave it waiting forever; a re-run starts new ones."""
+    while os.getppid() == driver:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 class PoolExecutor(Executor):
@@ -129,7 +141,7 @@ class PoolExecutor(Executor):
         if self._pool is None:
             ctx = get_context("spawn")  # fork after tokenizers' threads started can deadlock
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_pool_worker,
-                                             initargs=(tokenizer_threads(self.workers),))  # fmt: skip
+                                             initargs=(tokenizer_threads(self.workers), os.getpid()))  # fmt: skip
         return self._pool
 
     def run(self, fn, tasks, on_done) -> None:
@@ -253,12 +265,21 @@ def _result(fut, key: str):
         ) from None
 
 
-def make_executor(workers: int, scheduler: str | None, log: Callable[[str], None]) -> Executor:
-    """`--scheduler` given: Dask; else a local pool for more than one worker, else this process."""
+def make_executor(workers: int | None, scheduler: str | None, log: Callable[[str], None]) -> Executor:
+    """`--scheduler` given: Dask; else a local pool for more than one worker, else this process.
+
+    workers None: one per usable core (cores.py). The count is logged, except for an existing Dask cluster,
+    whose workers are its own (DaskExecutor logs them)."""
+    if scheduler and scheduler != "local":
+        return DaskExecutor(scheduler, workers or 1, log)
+    cores = usable_cores()
+    n = cores if workers is None else workers
+    how = "one per usable core; --workers N to change" if workers is None else f"--workers; {cores} usable cores"
+    log(f"workers: {n} ({how})")
     if scheduler:
-        return DaskExecutor(scheduler, workers, log)
-    if workers > 1:
-        return PoolExecutor(workers)
+        return DaskExecutor(scheduler, n, log)
+    if n > 1:
+        return PoolExecutor(n)
     return InlineExecutor()
 
 

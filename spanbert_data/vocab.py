@@ -11,10 +11,12 @@ any number of workers or threads, any `PYTHONHASHSEED`, on any machine with the 
 driver trains a byte-level BPE instead (bpe_vocab.py: its words, its counts, the same merge loop).
 
 Words are what the saved tokenizer will see at encode time: the text goes through its own BERT
-normaliser (HF `tokenizers`, in large chunks), and is split the way its BERT pre-tokenizer splits
-(whitespace dropped, every punctuation character a word of its own). The split itself is a regular
-expression whose character classes are filled by asking that pre-tokenizer about each new character,
-which is exact and much faster than `pre_tokenize_str` (that builds a tuple per word).
+normaliser and is split the way its BERT pre-tokenizer splits (whitespace dropped, every punctuation
+character a word of its own). A unit's words are counted by the compiled counter of wordcount.py (the
+compiled encoder's normaliser and pre-tokenizer, and a hash table, in Numba). `count_words` below is the
+same count in plain Python around `tokenizers`' own normaliser, a regular expression whose character
+classes are filled by asking that pre-tokenizer about each new character: the reference the compiled
+counter is tested against, and what `train_wordpiece` uses on small texts.
 
 A large corpus is sampled (`--vocab-sample-mb`): whole units in a fixed hash order until the budget is
 reached, the last one only up to the rest of the budget (`sample_units`).
@@ -42,6 +44,7 @@ from spanbert_data.rng import mix64
 from spanbert_data.tokenizer import MAX_WORD_CHARS, SPECIAL_TOKENS, SubwordTokenizer, bert_tokenizer
 from spanbert_data.unit_reader import UnitLines
 from spanbert_data.units import Source, Unit, plan_sources
+from spanbert_data.wordcount import batches, count_lines
 from spanbert_data.wordpiece_merges import merge_loop
 
 VOCAB_MODELS = {"wordpiece": "cased WordPiece", "bpe": "byte-level BPE"}
@@ -82,15 +85,7 @@ def count_words(lines: Iterable[str], splitter: WordSplitter | None = None) -> C
     """Word -> count over lines, normalised and split in chunks of about 64 K characters."""
     splitter = splitter or WordSplitter()
     counts: Counter = Counter()
-    chunk: list[str] = []
-    size = 0
-    for line in lines:
-        chunk.append(line)
-        size += len(line)
-        if size >= _CHUNK_CHARS:
-            counts.update(splitter.words("\n".join(chunk)))
-            chunk, size = [], 0
-    if chunk:
+    for chunk in batches(lines, _CHUNK_CHARS):
         counts.update(splitter.words("\n".join(chunk)))
     return counts
 
@@ -107,12 +102,6 @@ class WordCounts:
     chars: int
     warnings: list[str]  # the corpus reader's first warnings (skipped files, bad lines)
 
-    @classmethod
-    def from_counter(cls, unit: str, counter: Counter, documents: int, lines: int, chars: int,
-                     warnings: list[str]) -> WordCounts:  # fmt: skip
-        counts = np.fromiter(counter.values(), dtype=np.int64, count=len(counter))
-        return cls(unit, "\n".join(counter), counts, documents, lines, chars, warnings[:100])
-
     def items(self) -> Iterable[tuple[str, int]]:
         return zip(self.words.split("\n"), self.counts.tolist(), strict=True) if len(self.counts) else iter(())
 
@@ -125,8 +114,8 @@ def count_unit_words(corpus: Corpus, unit: Unit, char_budget: int | None = None)
     stats = CorpusStats()
     warnings: list[str] = []
     lines = UnitLines(corpus, unit, stats, warnings.append, char_budget)
-    counter = count_words(lines, WordSplitter())
-    return WordCounts.from_counter(unit.key, counter, stats.documents, stats.lines, lines.chars, warnings)
+    words, counts = count_lines(lines)  # compiled; the words and counts of count_words(lines)
+    return WordCounts(unit.key, words, counts, stats.documents, stats.lines, lines.chars, warnings[:100])
 
 
 def merge_counts(parts: Iterable) -> dict:
@@ -262,13 +251,13 @@ def train_vocabulary(corpus: Corpus, sources: list[Source], vocab_size: int, sam
     return tokenizer, info
 
 
-def corpus_vocabulary(entries, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int = 1,
+def corpus_vocabulary(entries, vocab_size: int, sample_bytes: int, unit_bytes: int, workers: int | None = None,
                       scheduler: str | None = None, log: Callable[[str], None] = stderr, model: str = "wordpiece",
                       storage_options: dict | None = None, split: str = "train", text_field: str = "text",
                       ) -> tuple[SubwordTokenizer, dict]:  # fmt: skip
     """`train_vocabulary` of a corpus (one or more --corpus values: paths, globs, URLs): the file listing, the unit
-    plan and the executor as `build` makes them, so the result is the tokenizer `build` would train with the same
-    options."""
+    plan and the executor as `build` makes them (workers None: one per usable core), so the result is the tokenizer
+    `build` would train with the same options."""
     corpus, files = list_corpus(entries, storage_options, split, text_field, CorpusStats(),
                                 warn=lambda m: log(f"warning: {m}"))  # fmt: skip
     sources = plan_sources(files, unit_bytes, text_field)

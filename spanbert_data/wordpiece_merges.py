@@ -78,8 +78,14 @@ def _bytes_hash(buf, lo, hi):
 @njit(cache=True)
 def _token_slot(table, tok_off, tok_bytes, buf, lo, hi):
     """Slot of the token spelled buf[lo:hi] in `table` (token ids, -1 = empty): its own or the empty one."""
+    return _hashed_slot(table, tok_off, tok_bytes, buf, lo, hi, _bytes_hash(buf, lo, hi))
+
+
+@njit(cache=True)
+def _hashed_slot(table, tok_off, tok_bytes, buf, lo, hi, fnv):
+    """`_token_slot` with the FNV-1a hash of buf[lo:hi] already known (wordcount.py hashes as it writes)."""
     mask = table.shape[0] - 1
-    h = np.int64(_bytes_hash(buf, lo, hi) >> np.uint64(1)) & mask
+    h = np.int64(fnv >> np.uint64(1)) & mask
     n = hi - lo
     while table[h] != _EMPTY:
         t = table[h]

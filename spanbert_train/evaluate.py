@@ -106,6 +106,18 @@ def unigram_entropy(manifest: dict | list[dict], weights: list | None = None) ->
     return float(-(p * np.log(p)).sum())
 
 
+def heldout_unigram_cross_entropy(dataset: Dataset) -> float | None:
+    """Cross-entropy (nats) of the held-out MLM targets under the corpus's unigram distribution (add-½ smoothed):
+    what a model that ignores the context scores on exactly these targets (None without a held-out split)."""
+    source = RowSource(dataset.valid)
+    if len(source) == 0:
+        return None
+    counts = np.asarray(dataset.manifest["unigram_counts"], dtype=np.float64)
+    smoothed = (counts + 0.5) / (counts + 0.5).sum()
+    labels = source.gather(np.arange(len(source)))["mlm_labels"][1].astype(np.int64)
+    return float(-np.log(smoothed[labels]).mean()) if len(labels) else None
+
+
 def span_words(offsets: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per MLM target, the number of words its merged span touches (runs of adjacent slots within a row); `starts`:
     per target, does its original token start a word (words.target_word_starts)."""

@@ -133,23 +133,28 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ConfigError("plot needs matplotlib: pip install 'spanbert[plot]'") from None
     train = [r for r in rows if r.get("split", "train") == "train"]
     valid = [r for r in rows if r.get("split") == "valid"]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=[3, 1])
-    for key, color in (("loss", "black"), ("loss_mlm", "tab:blue"), ("loss_sbo", "tab:orange")):
-        ax_loss.plot([r["step"] for r in train], [r[key] for r in train], color=color, lw=1, label=f"train {key}")
-        if valid:
-            ax_loss.plot([r["step"] for r in valid], [r[key] for r in valid], "o--", color=color, ms=3,
-                         label=f"valid {key}")  # fmt: skip
+    fig, (ax_obj, ax_loss, ax_lr) = plt.subplots(3, 1, figsize=(9, 9), sharex=True, height_ratios=[3, 2, 1])
     entropy, sbo_weight = _unigram_entropy(run_dir)
-    if entropy is not None:  # a model that ignores the context cannot beat it, per objective
-        ax_loss.axhline(entropy, color="tab:red", ls=":", lw=1.2,
-                        label=f"unigram entropy {entropy:.2f} (per objective)")  # fmt: skip
+    # Per objective, on a scale where the unigram line is readable: a model that ignores the context cannot beat
+    # it, so held-out MLM below it is learning that carries over (the early, high steps are cut off at the top).
+    for ax, keys in ((ax_obj, (("loss_mlm", "tab:blue"), ("loss_sbo", "tab:orange"))), (ax_loss, (("loss", "black"),))):
+        for key, color in keys:
+            ax.plot([r["step"] for r in train], [r[key] for r in train], color=color, lw=1, label=f"train {key}")
+            if valid:
+                ax.plot([r["step"] for r in valid], [r[key] for r in valid], "o--", color=color, ms=3,
+                        label=f"valid {key}")  # fmt: skip
+        ax.set_ylabel("cross-entropy (nats)")
+        ax.grid(alpha=0.3)
+    if entropy is not None:
+        ax_obj.axhline(entropy, color="tab:red", ls=":", lw=1.2, label=f"unigram entropy {entropy:.2f}")
+        shown = [r[k] for r in train + valid for k in ("loss_mlm", "loss_sbo")]
+        ax_obj.set_ylim(min(shown + [entropy]) - 0.2, min(max(shown), entropy + 1.5))
         if sbo_weight == 1.0:  # the loss is MLM + SBO
-            ax_loss.axhline(2 * entropy, color="tab:red", ls="--", lw=0.8, alpha=0.6,
-                            label="2 × unigram entropy (loss)")  # fmt: skip
-    ax_loss.set_ylabel("cross-entropy (nats)")
-    ax_loss.set_title(f"SpanBERT pre-training: {run_dir.name}")
+            ax_loss.axhline(2 * entropy, color="tab:red", ls="--", lw=0.8, alpha=0.6, label="2 × unigram entropy")
+    ax_obj.set_title(f"SpanBERT pre-training: {run_dir.name}, per objective")
+    ax_obj.legend(fontsize=8)
+    ax_loss.set_title("total loss (MLM + SBO × weight)", fontsize=9)
     ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
     ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green", lw=1)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimizer step")

@@ -50,7 +50,7 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
     corpus = small_corpus(tmp)
     out = tmp / "one"
-    manifest = build_dataset(config(corpus, out, mask_epochs=2), log=lambda m: None)
+    manifest = build_dataset(config(corpus, out, mask_epochs=2, workers=1), log=lambda m: None)
     return corpus, out, manifest
 
 

@@ -26,7 +26,7 @@ VOCAB = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("wiki") / "data"
-    build_dataset(BuildConfig(corpus=SAMPLE, out=out, tokenizer=VOCAB, seed=7), log=lambda m: None)
+    build_dataset(BuildConfig(corpus=SAMPLE, out=out, tokenizer=VOCAB, seed=7, workers=1), log=lambda m: None)
     return out
 
 

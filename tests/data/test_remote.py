@@ -47,7 +47,8 @@ def test_build_verify_and_train_through_memory_filesystem(tmp_path, monkeypatch)
     monkeypatch.setenv("SPANBERT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[:6]))
-    options = dict(corpus=corpus, tokenizer=VOCAB, max_seq_len=64, rows_per_shard=64, mask_epochs=2, unit_bytes=1 << 17)
+    options = dict(corpus=corpus, tokenizer=VOCAB, max_seq_len=64, rows_per_shard=64, mask_epochs=2, unit_bytes=1 << 17,
+                   workers=1)  # in-process: these tests are about the storage, not the workers
     local = build_dataset(BuildConfig(out=tmp_path / "local", **options), log=lambda m: None)
     remote = build_dataset(BuildConfig(out="memory://rt/ds", **options), log=lambda m: None)
     assert remote == local
@@ -89,7 +90,7 @@ def test_a_named_work_dir_is_kept_as_a_complete_copy_and_never_emptied(tmp_path,
     monkeypatch.setenv("SPANBERT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(b"".join(EXAMPLE.read_bytes().splitlines(keepends=True)[:3]))
-    options = dict(corpus=corpus, tokenizer=VOCAB, max_seq_len=64, rows_per_shard=64)
+    options = dict(corpus=corpus, tokenizer=VOCAB, max_seq_len=64, rows_per_shard=64, workers=1)
     build_dataset(BuildConfig(out=tmp_path / "local", **options), log=lambda m: None)
     build_dataset(BuildConfig(out="memory://wd/a", work_dir=tmp_path / "wd", **options), log=lambda m: None)
     assert dataset_bytes(tmp_path / "wd") == dataset_bytes(tmp_path / "local") and verify_dataset(tmp_path / "wd") == []

@@ -206,7 +206,7 @@ def test_two_builds_in_one_process_each_use_their_own_tokenizer(tmp_path):
     corpus.write_bytes(b"".join(SAMPLE.read_bytes().splitlines(keepends=True)[:3]))
     uncased = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
     for name, tokenizer in (("given", uncased), ("trained", None)):
-        manifest = build_dataset(BuildConfig(corpus=corpus, out=tmp_path / name, tokenizer=tokenizer, vocab_size=2000),
-                                 log=lambda _m: None)  # fmt: skip
+        manifest = build_dataset(BuildConfig(corpus=corpus, out=tmp_path / name, tokenizer=tokenizer, vocab_size=2000,
+                                             workers=1), log=lambda _m: None)  # fmt: skip
         tok = load_tokenizer(tmp_path / name / "tokenizer.json")
         assert manifest["tokenizer"]["vocab_size"] == tok.vocab_size == len(manifest["unigram_counts"])

@@ -116,7 +116,7 @@ def test_span_word_buckets_agree_with_inspect(tmp_path):
     corpus.write_text("\n\n".join(json.loads(line)["text"] for line in lines) + "\n")
     tokenizer = REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"
     build_dataset(BuildConfig(corpus=corpus, out=tmp_path / "ds", max_seq_len=128, valid_fraction=0.3,
-                              tokenizer=tokenizer), log=lambda msg: None)  # fmt: skip
+                              tokenizer=tokenizer, workers=1), log=lambda msg: None)  # fmt: skip
     ds = Dataset(tmp_path / "ds")
     table = dataset_word_starts(ds)
     assert np.array_equal(table, load_tokenizer(tokenizer).word_start)

@@ -48,7 +48,7 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     data = root / "data"
     build_dataset(BuildConfig(corpus=_corpus(root / "corpus.txt"), out=data, tokenizer=TOKENIZER, max_seq_len=64,
-                              valid_fraction=0.0), log=lambda m: None)  # fmt: skip
+                              valid_fraction=0.0, workers=1), log=lambda m: None)  # fmt: skip
     cfg = TrainConfig(out=str(root / "run"), max_steps=4, save_every=0, eval_every=0, log_every=1, kernels="reference",
                       data=DataConfig(path=str(data), global_batch_size=4, micro_batch=4),
                       model=ModelSpec(preset="tiny", overrides=dict(TINY)))  # fmt: skip

@@ -144,7 +144,7 @@ def test_loss_falls_on_the_example_corpus(tmp_path):
 
     data = tmp_path / "wiki"
     build_dataset(BuildConfig(corpus=REPO / "examples" / "wiki", out=data, max_seq_len=128, valid_fraction=0.05,
-                              tokenizer=REPO / "tests" / "assets" / "bert-uncased-tokenizer.json"),
+                              tokenizer=REPO / "tests" / "assets" / "bert-uncased-tokenizer.json", workers=1),
                   log=lambda msg: None)  # fmt: skip
     cfg = config(data, tmp_path / "run", max_steps=30, gbs=8, micro=8, eval_rows=16,
                  overrides={**SMALL, "max_position_embeddings": 128})
