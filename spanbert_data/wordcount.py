@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from spanbert_data.tokenizer import bert_tokenizer
-from spanbert_data.wordpiece import _item, _next_code, _put_utf8, line_bytes
+from spanbert_data.wordpiece import _item, _items, _next_code, _put_utf8, line_bytes
 from spanbert_data.wordpiece_merges import (
     _EMPTY,
     _FNV_OFFSET,
@@ -33,7 +33,7 @@ from spanbert_data.wordpiece_merges import (
     _hashed_slot,
     _token_slot,
 )
-from spanbert_data.wordpiece_tables import ISOLATE, REMOVED, ROUTE, SEQ_BASE, SPACE, SPACE_CLASS, WORD, char_tables
+from spanbert_data.wordpiece_tables import ISOLATE, REMOVED, ROUTE, SPACE, SPACE_CLASS, WORD, char_tables
 
 BATCH_CHARS = 1 << 22  # characters counted per call: large enough to amortise the call, small enough for its buffers
 
@@ -150,11 +150,7 @@ def _count_lines(buf, starts, ends, first, tables, per_byte, table, off, arena, 
             if code == ROUTE:
                 route = True
                 break
-            n_items = 1  # SPACE, ISOLATE or a sequence: each item a word character, a space or punctuation
-            p = 0
-            if code <= -SEQ_BASE:
-                p = -code - SEQ_BASE
-                n_items = pool[p]
+            p, n_items = _items(code, pool)  # SPACE, ISOLATE or a sequence: word characters, spaces, punctuation
             for k in range(n_items):
                 cls, d = _item(code, cp, pool, p, k)
                 if cls == WORD:

@@ -154,6 +154,15 @@ def _next_code(buf, i, ascii_codes, block_index, blocks):
 
 
 @njit(cache=True, inline="always")
+def _items(code, pool):
+    """(p, count) of the items a SPACE, ISOLATE or sequence code stands for: one, or pool[p] of a sequence."""
+    if code <= -SEQ_BASE:
+        p = -code - SEQ_BASE
+        return p, pool[p]
+    return 0, 1
+
+
+@njit(cache=True, inline="always")
 def _item(code, cp, pool, p, k):
     """(class, code point) of the k-th item of a SPACE, ISOLATE or sequence code."""
     if code == SPACE:
@@ -190,12 +199,7 @@ def _encode_range(buf, starts, ends, lo, hi, tables, trie, out, pos, counts, rou
             if code == ROUTE:
                 route = True
                 break
-            # SPACE, ISOLATE or a sequence: each ends the current word
-            n_items = 1
-            p = 0
-            if code <= -SEQ_BASE:
-                p = -code - SEQ_BASE
-                n_items = pool[p]
+            p, n_items = _items(code, pool)  # SPACE, ISOLATE or a sequence: each space or punctuation ends a word
             for k in range(n_items):
                 cls, d = _item(code, cp, pool, p, k)
                 if cls == WORD:

@@ -14,8 +14,8 @@ import numpy as np
 import tokenizers
 from numba import njit, prange
 
-from spanbert_data.wordpiece import _item, _next_code, _put_utf8, line_bytes, plan_chunks
-from spanbert_data.wordpiece_tables import REMOVED, ROUTE, SEQ_BASE, SPACE_CLASS, WORD, char_tables, pipeline_reason
+from spanbert_data.wordpiece import _item, _items, _next_code, _put_utf8, line_bytes, plan_chunks
+from spanbert_data.wordpiece_tables import REMOVED, ROUTE, SPACE_CLASS, WORD, char_tables, pipeline_reason
 
 
 @njit(cache=True)
@@ -38,11 +38,7 @@ def _split_range(buf, starts, ends, lo, hi, tables, out, pos, word_ends, wpos, c
             if code == ROUTE:
                 route = True
                 break
-            n_items = 1
-            p = 0
-            if code <= -SEQ_BASE:
-                p = -code - SEQ_BASE
-                n_items = pool[p]
+            p, n_items = _items(code, pool)  # SPACE, ISOLATE or a sequence: word characters, spaces, punctuation
             for k in range(n_items):
                 cls, d = _item(code, cp, pool, p, k)
                 if cls == WORD:
