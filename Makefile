@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run
 # CPU build from the local wheel cache; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 # The lock: exact versions of everything `.[test]` needs except torch (pinned above), for one Python and platform
@@ -16,14 +17,21 @@ TORCH_INDEX = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-inde
 
 .PHONY: install test test-slow test-latest lock faults demo lint bench clean gpu-check gpu-wheels
 
-$(STAMP): pyproject.toml $(wildcard $(LOCK))
+# Two stages: what the demo runs (the package and its plot extra), then the test extra on top of it, so that
+# `make demo` on a fresh machine does not wait for the test-only packages (datasets, polars, duckdb, moto, ...).
+$(RUN_STAMP): pyproject.toml $(wildcard $(LOCK))
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	@if [ -f $(LOCK) ]; then echo "installing the locked versions of $(LOCK)"; \
 	    $(PY) -m pip install -q -c $(LOCK) setuptools && \
-	    $(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[test]'; \
+	    $(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[plot]'; \
 	else echo "no lock for $(PYTAG) ($(LOCK)): installing the newest releases; 'make lock' writes one"; \
-	    $(PY) -m pip install -q -e '.[test]'; fi
+	    $(PY) -m pip install -q -e '.[plot]'; fi
+	@touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	@if [ -f $(LOCK) ]; then $(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[test]'; \
+	else $(PY) -m pip install -q -e '.[test]'; fi
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -65,7 +73,7 @@ faults: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check spanbert_data spanbert_train bench tests
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	@bash examples/demo.sh
 
 # The GPU proof in one command (bench/gpu_check.sh, docs/PERFORMANCE.md §6). On a GPU machine it uses that machine's
