@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               "trained on better than word frequencies alone do")  # fmt: skip
     else:
         print(f"-> {below(min(gaps))} at best: not visibly learning yet (README, Quick start: too little text or "
-              "too few steps, as on the bundled sample)")  # fmt: skip
+              "too few steps)")  # fmt: skip
     took = f" (the demo took {args.seconds // 60:.0f} min {args.seconds % 60:.0f} s)" if args.seconds else ""
     print(f"loss curves: {args.run / 'loss.png'}{took}")
     return 0
