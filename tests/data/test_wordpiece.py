@@ -26,7 +26,6 @@ from spanbert_data.tokenizer import SubwordTokenizer, load_tokenizer
 from spanbert_data.vocab import train_wordpiece
 from spanbert_data.wordpiece import FastWordPiece, UnsupportedTokenizer, _build_trie, _child, _wordpiece, line_bytes
 from spanbert_data.wordpiece_tables import ROUTE, char_tables
-from spanbert_data.wordsplit import WordSplitter
 from tests.data.wordpiece_strings import generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,22 +123,6 @@ def test_other_bert_normaliser_settings(uncased, flags):
     raw.normalizer = normalizers.BertNormalizer(**flags)
     tok = SubwordTokenizer(raw, "variant")
     assert_same_ids(tok, generate(10_000, seed=7, vocab=sorted(raw.get_vocab())) + asset_lines()[:3000])
-
-
-@pytest.mark.parametrize("vocab", ["uncased", "cased"])
-def test_word_splitter_gives_the_pre_tokens_of_tokenizers(vocab, request):
-    raw = request.getfixturevalue(vocab)._tok
-    lines = corpus_lines(REPO / "examples" / "wiki")[:5000] + generate(20_000, seed=11, vocab=sorted(raw.get_vocab()))
-    data, offsets, counts = WordSplitter(raw).split(lines)
-    words = [bytes(data[a:b]).decode() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    firsts = np.concatenate([[0], np.cumsum(counts)])
-    for i, line in enumerate(lines):
-        want = [w for w, _ in raw.pre_tokenizer.pre_tokenize_str(raw.normalizer.normalize_str(line))]
-        assert words[firsts[i] : firsts[i + 1]] == want, line
-    with pytest.raises(ValueError, match="BertPreTokenizer"):
-        other = Tokenizer.from_str(raw.to_str())
-        other.pre_tokenizer = None
-        WordSplitter(other)
 
 
 # ------------------------------------------------------------------------------------------------ routing
