@@ -2,7 +2,8 @@
 runs as a user runs it, with the AWS variables set and `--corpus s3://...` given; nothing of ours is mocked.
 
 - Parquet (several row-group units), JSON Lines (byte-range units) and a gzip file (read by the driver) in a bucket
-  build the bytes of the same files on disk, also given as two glob patterns and read by two workers;
+  build the bytes of the same files on disk, also given as two glob patterns and read by two workers, and with the
+  default options (a vocabulary trained on the corpus);
 - a truncated object among good ones is skipped, named and counted; a corpus with no readable object, a URL with
   nothing under it and missing credentials are one line each.
 """
@@ -67,6 +68,15 @@ def test_a_corpus_in_a_bucket_builds_the_bytes_of_the_same_files_on_disk(s3, cor
     # workers, each reading its units itself: other units, the same shards.
     build([s3.url("corpus/a.*"), s3.url("corpus/*.jsonl*")], tmp_path / "globs", s3.env, "--workers", "2")
     assert shard_bytes(dataset_bytes(tmp_path / "globs")) == shard_bytes(dataset_bytes(tmp_path / "local"))
+
+
+def test_the_default_command_on_a_bucket_builds_the_bytes_of_the_local_files(s3, corpus, tmp_path):
+    """As a user types it, no option but --corpus and --out: the vocabulary trained on the corpus, every core, the
+    default units and row length; the bucket's objects give the dataset of the same files on disk."""
+    for name, where in (("local", corpus), ("remote", s3.url("corpus"))):
+        done = run([*DATA_CLI, "build", "--corpus", where, "--out", tmp_path / name], env=s3.env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert dataset_bytes(tmp_path / "remote") == dataset_bytes(tmp_path / "local")
 
 
 def test_a_truncated_object_among_good_ones_is_skipped_named_and_counted(s3, corpus, tmp_path):
